@@ -1,0 +1,206 @@
+"""Merging deltas into live weights in place, and restoring them bit-exactly.
+
+For each patched weight ``W`` (or a slice of a fused weight):
+
+* GPU, fp16/bf16 weight: ``W.view(out, -1).addmm_(up, down, alpha=s * scale)`` in the weight's own
+  dtype, one fused call per LoRA, no fp32 copy of the weight. LoHa/LoKr/full deltas are formed in
+  the weight's dtype on the device and added with one ``add_``.
+* CPU (or fp32 weights): compute in fp32 and round once: for a half-precision weight one fp32 copy
+  of that single layer is made, every delta for it is accumulated, and it is copied back.
+* DoRA: the delta is normalised against the base weight ``W0`` (the weight before this merge), so
+  several DoRAs stack in any order (see ``adapters.dora_delta``).
+
+Before a weight is touched it is copied to ``backup_device``; :func:`restore_weights` copies it back,
+which gives the original bits whatever rounding the merge did. Peak extra memory is one layer's
+worth. A merged half-precision weight that is no longer finite (fp16 stops at 65504) is restored at
+once and reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import Adapter, dora_delta
+from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
+from .keymap import Target
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class PatchEntry:
+    """One adapter applied to one target at one strength (``module`` is the file's name, for reports)."""
+
+    target: Target
+    adapter: Adapter
+    strength: float
+    module: str = ""
+    is_bias: bool = False
+
+    @property
+    def weight_key(self) -> str:
+        return self.target.bias_key if self.is_bias else self.target.key
+
+
+def target_view(weight: torch.Tensor, offset: tuple[int, int, int] | None) -> torch.Tensor:
+    """The part of ``weight`` a patch writes to: the whole tensor or a ``narrow`` view of a fused one."""
+    if offset is None:
+        return weight
+    dim, start, length = offset
+    return weight.narrow(dim, start, length)
+
+
+def delta_numel(adapter: Adapter) -> int | None:
+    """Number of elements the adapter's delta has, when the factors tell it without computing it."""
+    lr = adapter.low_rank()
+    if lr is not None:
+        up, down, _ = lr
+        return int(up.shape[0]) * int(down.shape[1])
+    diff = getattr(adapter, "diff", None)
+    if diff is not None:
+        return diff.numel()
+    return None
+
+
+def check_shape(entry: PatchEntry, shape: torch.Size) -> str | None:
+    """``None`` if the adapter fits a weight of ``shape``; else a one-line description of the misfit."""
+    adapter = entry.adapter
+    lr = adapter.low_rank()
+    if lr is not None:
+        up, down, _ = lr
+        if up.shape[0] != shape[0] or up.shape[0] * down.shape[1] != math.prod(shape):
+            return f"{entry.module}: delta {int(up.shape[0])}x{int(down.shape[1])} vs weight {tuple(shape)}"
+        return None
+    n = delta_numel(adapter)
+    if n is not None and n != math.prod(shape):
+        return f"{entry.module}: delta of {n} values vs weight {tuple(shape)}"
+    if adapter.magnitude is not None and adapter.magnitude.numel() not in (shape[0], shape[1] if len(shape) > 1 else -1):
+        return f"{entry.module}: DoRA magnitude of {adapter.magnitude.numel()} values vs weight {tuple(shape)}"
+    return None
+
+
+def validate_shapes(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -> None:
+    """Raise :class:`ShapeMismatchError` naming every entry whose delta does not fit its weight."""
+    bad = []
+    for e in entries:
+        shape = shapes.get(e.weight_key)
+        if shape is None:
+            bad.append(f"{e.module}: the model has no weight '{e.weight_key}'")
+            continue
+        if e.target.offset is not None:
+            dim, _, length = e.target.offset
+            shape = torch.Size(list(shape[:dim]) + [length] + list(shape[dim + 1:]))
+        problem = check_shape(e, shape)
+        if problem:
+            bad.append(problem)
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ShapeMismatchError(
+            f"{len(bad)} LoRA layer(s) do not fit the model's weights: " + "; ".join(bad[:5]) + more + ".",
+            "this LoRA was made for a model of another size or layout; load one made for this model.")
+
+
+def find_nonfinite(entries: Iterable[PatchEntry]) -> list[str]:
+    """Module names whose stored factors hold NaN or Inf."""
+    bad = []
+    for e in entries:
+        tensors = [v for v in vars(e.adapter).values() if isinstance(v, torch.Tensor)]
+        if any(not torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+            bad.append(e.module)
+    return bad
+
+
+def _as_2d_view(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` as an ``(out, -1)`` view sharing its memory, or ``None`` if its strides do not allow one."""
+    if t.dim() < 2:
+        return None
+    try:
+        return t.view(t.shape[0], -1)
+    except RuntimeError:
+        return None
+
+
+def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]) -> None:
+    """Add every entry's delta to ``view`` in place; ``base`` is the unpatched value (for DoRA)."""
+    fused_half = view.is_cuda and view.dtype in HALF_DTYPES
+    if fused_half or view.dtype == torch.float32:
+        acc, compute = view, view.dtype
+    else:
+        acc, compute = view.to(torch.float32), torch.float32
+    acc2d = _as_2d_view(acc)
+    for e in entries:
+        if e.strength == 0.0:
+            continue
+        a = e.adapter
+        lr = a.low_rank() if a.magnitude is None else None
+        if a.magnitude is not None:
+            acc.add_(dora_delta(base, a, dtype=torch.float32).to(compute), alpha=e.strength)
+        elif lr is not None and acc2d is not None:
+            up, down, scale = lr
+            acc2d.addmm_(up.to(acc.device, compute), down.to(acc.device, compute), alpha=e.strength * scale)
+        else:
+            acc.add_(a.delta(acc.shape, dtype=compute, device=acc.device), alpha=e.strength)
+    if acc is not view:
+        view.copy_(acc)
+
+
+def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,
+                  backup_device: torch.device | str = "cpu", check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Merge ``entries`` into the tensors of ``weights`` in place; return the backup for restore.
+
+    ``weights`` maps weight keys to the live tensors (parameters' ``.data``). On an overflow or NaN
+    every weight touched so far is restored before the error is raised.
+    """
+    by_key: dict[str, list[PatchEntry]] = {}
+    for e in entries:
+        by_key.setdefault(e.weight_key, []).append(e)
+    backup: dict[str, torch.Tensor] = {}
+    bad: list[tuple[str, float]] = []
+    try:
+        with torch.no_grad():
+            for key, group in by_key.items():
+                weight = weights[key]
+                backup[key] = weight.detach().to(backup_device, copy=True)
+                by_offset: dict[object, list[PatchEntry]] = {}
+                for e in group:
+                    by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
+                for offset, es in by_offset.items():
+                    view = target_view(weight, offset)
+                    needs_base = any(e.adapter.magnitude is not None for e in es)
+                    base = target_view(backup[key], offset).to(weight.device) if needs_base else None
+                    _merge_one(view, base, es)
+                if check_finite and not torch.isfinite(weight).all():
+                    finite_max = float(backup[key].float().abs().max())
+                    bad.append((key, finite_max))
+        if bad:
+            raise _overflow_error(bad, weights[bad[0][0]].dtype, by_key)
+    except BaseException:
+        restore_weights(weights, backup)
+        raise
+    return backup
+
+
+def _overflow_error(bad, dtype, by_key) -> Exception:
+    names = [", ".join(sorted({e.module for e in by_key[k]})) or k for k, _ in bad]
+    shown = "; ".join(names[:6]) + (f" (and {len(names) - 6} more)" if len(names) > 6 else "")
+    if dtype in HALF_DTYPES:
+        limit = torch.finfo(dtype).max
+        return OverflowRiskError(
+            f"W + dW overflows {str(dtype).replace('torch.', '')} (max {limit:g}) in {len(bad)} layer(s): {shown}. "
+            "Sampling would produce a black image.",
+            "lower the LoRA strength or use block weights to leave out these layers, or load the model in "
+            "fp32/bf16.")
+    return NonFiniteError(
+        f"Merging the LoRA produced NaN/Inf in {len(bad)} layer(s): {shown}.",
+        "the LoRA file is damaged; export or download it again.")
+
+
+def restore_weights(weights: MutableMapping[str, torch.Tensor], backup: dict[str, torch.Tensor]) -> None:
+    """Copy every backed-up tensor back into place: the original bits, whatever the merge rounded."""
+    with torch.no_grad():
+        for key, saved in backup.items():
+            weights[key].copy_(saved)

@@ -1,0 +1,126 @@
+"""The one place that hands LoRA Lab's patches to ComfyUI's ``ModelPatcher``.
+
+How it fits the host's life cycle, using only its extension points:
+
+* A loader returns ``patcher.clone()`` carrying a ``PatcherInjection`` under the key ``lora_lab``;
+  the input model is never changed.
+* ComfyUI calls ``inject`` when it has loaded the model (after its own weight patches, such as core
+  ``LoraLoader``'s, are in place) and ``eject`` before it unpatches, unloads, detaches, or hands the
+  module to another clone. ``inject`` merges our deltas in place (``lora_ops.merge``) and keeps the
+  backup; ``eject`` copies the backup back, bit-exactly.
+* The backup belongs to the torch module, not to a patcher (several clones share one module), so
+  whichever clone ejects restores the module, and an application left by a clone that was
+  garbage-collected is undone before the next one goes on.
+* A clone made while its parent is injected must inject again when it is loaded itself: ComfyUI
+  copies ``is_injected`` into clones, so an ``ON_CLONE`` callback clears it on the new clone.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import MutableMapping
+
+import torch
+from comfy.patcher_extension import CallbacksMP, PatcherInjection
+
+from ..lora_ops.merge import PatchEntry, apply_patches, restore_weights
+
+log = logging.getLogger(__name__)
+
+INJECTION_KEY = "lora_lab"
+
+# torch module -> backup of the weights our deltas replaced (see module docstring)
+_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+class _LiveWeights(MutableMapping):
+    """The module's parameters by state-dict key, as the tensors to write in place."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.module.get_parameter(key).data
+
+    def __setitem__(self, key, value):
+        raise TypeError("weights are written in place, never replaced")
+
+    def __delitem__(self, key):
+        raise TypeError("weights are written in place, never removed")
+
+    def __iter__(self):
+        return (k for k, _ in self.module.named_parameters())
+
+    def __len__(self):
+        return sum(1 for _ in self.module.named_parameters())
+
+
+class LoraLabApplication:
+    """The patches one clone carries; ``inject``/``eject`` are handed to ComfyUI."""
+
+    def __init__(self, entries: list[PatchEntry]):
+        self.entries = entries
+
+    def inject(self, patcher) -> None:
+        module = patcher.model
+        _undo(module)
+        if not self.entries:
+            return
+        backup = apply_patches(_LiveWeights(module), self.entries, backup_device=patcher.offload_device)
+        _ACTIVE[module] = backup
+        log.debug("LoRA Lab: merged %d patches into %d weights", len(self.entries), len(backup))
+
+    def eject(self, patcher) -> None:
+        _undo(patcher.model)
+
+
+def _undo(module: torch.nn.Module) -> None:
+    backup = _ACTIVE.pop(module, None)
+    if backup:
+        restore_weights(_LiveWeights(module), backup)
+
+
+def _clear_injected_on_clone(parent, clone) -> None:
+    if clone.get_injections(INJECTION_KEY) is not None:
+        clone.is_injected = False
+
+
+def entries_of(patcher) -> list[PatchEntry]:
+    """The LoRA Lab patches a patcher already carries (from an earlier LoRA Lab node in the chain)."""
+    injections = patcher.get_injections(INJECTION_KEY) or []
+    for inj in injections:
+        app = getattr(inj.inject, "__self__", None)
+        if isinstance(app, LoraLabApplication):
+            return list(app.entries)
+    return []
+
+
+def with_patches(patcher, entries: list[PatchEntry]):
+    """A clone of ``patcher`` that merges ``entries`` (after any LoRA Lab patches it already has)."""
+    clone = patcher.clone()
+    combined = entries_of(patcher) + list(entries)
+    app = LoraLabApplication(combined)
+    clone.set_injections(INJECTION_KEY, [PatcherInjection(inject=app.inject, eject=app.eject)])
+    if not clone.get_callbacks(CallbacksMP.ON_CLONE, INJECTION_KEY):
+        clone.add_callback_with_key(CallbacksMP.ON_CLONE, INJECTION_KEY, _clear_injected_on_clone)
+    # The clone was made from a patcher that may be injected right now; this one is not yet.
+    clone.is_injected = False
+    return clone
+
+
+def model_key_map(model) -> dict:
+    """ComfyUI's own LoRA key map for a diffusion model (``MODEL.model``)."""
+    import comfy.lora
+
+    return comfy.lora.model_lora_keys_unet(model, {})
+
+
+def clip_key_map(clip) -> dict:
+    import comfy.lora
+
+    return comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+
+
+def weight_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: p.shape for k, p in module.named_parameters()}

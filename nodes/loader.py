@@ -1,0 +1,113 @@
+"""``LoraLabLoader``: apply one LoRA to a model and its text encoder, with a report of what happened."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+import folder_paths
+
+from ..lora_ops import LoadedLora, family_label, host_family, load_lora, load_report, plan_lora
+from ..lora_ops.errors import LoraFileError, LoraLabError
+from . import bridge
+
+log = logging.getLogger(__name__)
+
+_CACHE_SIZE = 8
+_cache: "OrderedDict[tuple, LoadedLora]" = OrderedDict()
+
+
+def cached_lora(path: str) -> LoadedLora:
+    """Read and parse a LoRA file once per (path, size, mtime), so a strength change re-reads nothing."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    hit = _cache.get(key)
+    if hit is not None:
+        _cache.move_to_end(key)
+        return hit
+    lora = load_lora(path)
+    _cache[key] = lora
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return lora
+
+
+def resolve_lora_path(lora_name: str) -> str:
+    path = folder_paths.get_full_path("loras", lora_name)
+    if path is None:
+        raise LoraFileError(f"LoRA '{lora_name}' is not in ComfyUI's loras folder(s).",
+                            "put the file in models/loras (or a folder listed in extra_model_paths.yaml) and "
+                            "refresh the page.")
+    return path
+
+
+def model_family_of(model) -> str:
+    return host_family(type(model.model.model_config).__name__)
+
+
+def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
+               allow_other_family: bool = False, weight_fn=None):
+    """Plan ``lora`` for ``model``/``clip`` and return ``(model clone, clip clone, report)``."""
+    family = model_family_of(model)
+    plan = plan_lora(
+        lora,
+        model_keys=bridge.model_key_map(model.model), model_shapes=bridge.weight_shapes(model.model),
+        model_family=family, strength_model=strength_model,
+        clip_keys=bridge.clip_key_map(clip) if clip is not None else None,
+        clip_shapes=bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None,
+        strength_clip=strength_clip, weight_fn=weight_fn, allow_other_family=allow_other_family)
+    new_model = bridge.with_patches(model, plan.model_entries)
+    new_clip = None
+    if clip is not None:
+        new_clip = clip.clone()
+        new_clip.patcher = bridge.with_patches(clip.patcher, plan.clip_entries)
+    report = load_report(lora, plan, model_family=family, strength_model=strength_model,
+                         strength_clip=strength_clip, has_clip=clip is not None)
+    return new_model, new_clip, report
+
+
+class LoraLabLoader:
+    """Load a LoRA onto a model (and its CLIP), from any common format, with a report."""
+
+    DESCRIPTION = ("Applies a LoRA file (kohya, LyCORIS LoCon/LoHa/LoKr/DoRA, diffusers or PEFT) to the model "
+                   "and text encoder, and reports what was applied. The input model is never changed.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING")
+    RETURN_NAMES = ("MODEL", "CLIP", "report")
+    OUTPUT_NODE = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A file in models/loras."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+                "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+                "block_weights": ("STRING", {"default": "", "multiline": False,
+                                             "tooltip": "Per-block weights; empty means every block at 1."}),
+            },
+            "optional": {
+                "clip": ("CLIP",),
+                "allow_other_family": ("BOOLEAN", {"default": False, "tooltip":
+                                       "Apply the layers that fit even if the LoRA was made for another "
+                                       "base model family."}),
+            },
+        }
+
+    def load(self, model, lora_name, strength_model, strength_clip, block_weights="", clip=None,
+             allow_other_family=False):
+        if block_weights.strip():
+            raise LoraLabError(f"block_weights '{block_weights}' was given, but this version of LoRA Lab does not "
+                               "read block weights yet.", "leave block_weights empty (all blocks at 1).")
+        lora = cached_lora(resolve_lora_path(lora_name))
+        new_model, new_clip, report = apply_lora(model, clip, lora, strength_model, strength_clip,
+                                                 allow_other_family=allow_other_family)
+        log.info("LoRA Lab: %s", report.replace("\n", " | "))
+        return {"ui": {"text": [report]}, "result": (new_model, new_clip, report)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabLoader": LoraLabLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabLoader": "LoRA Lab Loader"}

@@ -1,0 +1,1 @@
+"""Training a LoRA inside the graph (built on lora_ops)."""
