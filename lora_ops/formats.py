@@ -17,6 +17,9 @@ the file, suffix removed) to an adapter, and lists every key it could not place.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -181,3 +184,44 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, source: str = "the LoRA") ->
             "check that this is a LoRA file (not a checkpoint or an embedding).")
     return ParsedLora(modules=modules, bias_diffs=bias_diffs, formats=formats, unsupported=unsupported,
                       unknown_keys=unknown)
+
+
+def apply_peft_alphas(parsed: ParsedLora, metadata: dict[str, str]) -> int:
+    """Fill in alpha for PEFT-saved modules from the file's ``lora_adapter_metadata`` header.
+
+    diffusers' ``save_lora_weights`` stores each component's ``LoraConfig`` there as
+    ``"<component>.<field>"`` (``unet.lora_alpha``, ``text_encoder.alpha_pattern``, ...); the tensors
+    themselves carry no alpha, so a reader that skips the header applies scale 1 instead of
+    ``lora_alpha / r``. rsLoRA (``use_rslora``: scale ``alpha / sqrt(r)``) is folded into an
+    equivalent alpha so the one scale rule (``adapters.lora_scale``) still holds.
+    Returns the number of modules whose alpha was set.
+    """
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return 0
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        return 0
+    components = {k.rsplit(".", 1)[0] for k in config if k.endswith(".lora_alpha")}
+    count = 0
+    for name, adapter in parsed.modules.items():
+        if adapter.alpha is not None or not isinstance(adapter, LoraWeights):
+            continue
+        component = next((c for c in sorted(components, key=len, reverse=True) if name.startswith(c + ".")), None)
+        if component is None:
+            continue
+        alpha = config.get(f"{component}.lora_alpha")
+        local = name[len(component) + 1:]
+        for pattern, value in (config.get(f"{component}.alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", local):
+                alpha = value
+                break
+        if alpha is None:
+            continue
+        alpha = float(alpha)
+        if config.get(f"{component}.use_rslora"):
+            alpha = alpha * math.sqrt(adapter.rank)
+        adapter.alpha = alpha
+        count += 1
+    return count

@@ -83,20 +83,26 @@ def check_shape(entry: PatchEntry, shape: torch.Size) -> str | None:
     return None
 
 
-def validate_shapes(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -> None:
-    """Raise :class:`ShapeMismatchError` naming every entry whose delta does not fit its weight."""
-    bad = []
+def find_misfits(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -> list[tuple[PatchEntry, str]]:
+    """Every entry whose delta does not fit its weight, with a one-line description."""
+    misfits = []
     for e in entries:
         shape = shapes.get(e.weight_key)
         if shape is None:
-            bad.append(f"{e.module}: the model has no weight '{e.weight_key}'")
+            misfits.append((e, f"{e.module}: the model has no weight '{e.weight_key}'"))
             continue
         if e.target.offset is not None:
             dim, _, length = e.target.offset
             shape = torch.Size(list(shape[:dim]) + [length] + list(shape[dim + 1:]))
         problem = check_shape(e, shape)
         if problem:
-            bad.append(problem)
+            misfits.append((e, problem))
+    return misfits
+
+
+def validate_shapes(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -> None:
+    """Raise :class:`ShapeMismatchError` naming every entry whose delta does not fit its weight."""
+    bad = [problem for _, problem in find_misfits(entries, shapes)]
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise ShapeMismatchError(

@@ -17,9 +17,9 @@ import torch
 
 from .errors import FamilyMismatchError, NonFiniteError
 from .families import FamilyGuess, detect_family, family_label, same_family
-from .formats import ParsedLora, parse_lora
+from .formats import ParsedLora, apply_peft_alphas, parse_lora
 from .keymap import KeyIndex
-from .merge import PatchEntry, find_nonfinite, validate_shapes
+from .merge import PatchEntry, find_misfits, find_nonfinite, validate_shapes
 from .safeio import LoraFile, read_lora_file
 
 # A per-target multiplier (block weights): called with the model weight key, returns the factor.
@@ -44,6 +44,7 @@ def load_lora(path: str | os.PathLike) -> LoadedLora:
     path = Path(path)
     f = read_lora_file(path)
     parsed = parse_lora(f.tensors, source=f"'{path.name}'")
+    apply_peft_alphas(parsed, f.metadata)
     return LoadedLora(file=f, parsed=parsed, family=detect_family(parsed, f.metadata))
 
 
@@ -111,9 +112,20 @@ def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object], model_shape
             continue
         entries.append(entry)
 
-    validate_shapes(plan.model_entries, dict(model_shapes))
-    if plan.clip_entries:
-        validate_shapes(plan.clip_entries, dict(clip_shapes or {}))
+    if allow_other_family:
+        # Apply what fits; every layer that does not is listed instead of failing the load.
+        for entries, shapes in ((plan.model_entries, model_shapes), (plan.clip_entries, clip_shapes or {})):
+            misfits = find_misfits(entries, dict(shapes))
+            dropped = {id(e) for e, _ in misfits}
+            entries[:] = [e for e in entries if id(e) not in dropped]
+            plan.unmatched.extend(e.module for e, _ in misfits)
+            if misfits:
+                plan.warnings.append(f"{len(misfits)} layer(s) do not fit this model's weights and were left out, "
+                                     f"e.g. {misfits[0][1]}.")
+    else:
+        validate_shapes(plan.model_entries, dict(model_shapes))
+        if plan.clip_entries:
+            validate_shapes(plan.clip_entries, dict(clip_shapes or {}))
     bad = find_nonfinite(plan.model_entries + plan.clip_entries)
     if bad:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import folder_paths
 
-from ..lora_ops import LoadedLora, family_label, host_family, load_lora, load_report, plan_lora
+from ..lora_ops import LoadedLora, LoraPlan, host_family, load_lora, load_report, plan_lora
 from ..lora_ops.errors import LoraFileError, LoraLabError
 from . import bridge
 
@@ -46,9 +47,17 @@ def model_family_of(model) -> str:
     return host_family(type(model.model.model_config).__name__)
 
 
+@dataclass
+class AppliedLora:
+    model: object
+    clip: object | None
+    plan: LoraPlan
+    report: str
+
+
 def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
-               allow_other_family: bool = False, weight_fn=None):
-    """Plan ``lora`` for ``model``/``clip`` and return ``(model clone, clip clone, report)``."""
+               allow_other_family: bool = False, weight_fn=None) -> AppliedLora:
+    """Plan ``lora`` for ``model``/``clip``; return clones that carry it, the plan and the report."""
     family = model_family_of(model)
     plan = plan_lora(
         lora,
@@ -64,7 +73,7 @@ def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_cl
         new_clip.patcher = bridge.with_patches(clip.patcher, plan.clip_entries)
     report = load_report(lora, plan, model_family=family, strength_model=strength_model,
                          strength_clip=strength_clip, has_clip=clip is not None)
-    return new_model, new_clip, report
+    return AppliedLora(new_model, new_clip, plan, report)
 
 
 class LoraLabLoader:
@@ -103,10 +112,9 @@ class LoraLabLoader:
             raise LoraLabError(f"block_weights '{block_weights}' was given, but this version of LoRA Lab does not "
                                "read block weights yet.", "leave block_weights empty (all blocks at 1).")
         lora = cached_lora(resolve_lora_path(lora_name))
-        new_model, new_clip, report = apply_lora(model, clip, lora, strength_model, strength_clip,
-                                                 allow_other_family=allow_other_family)
-        log.info("LoRA Lab: %s", report.replace("\n", " | "))
-        return {"ui": {"text": [report]}, "result": (new_model, new_clip, report)}
+        applied = apply_lora(model, clip, lora, strength_model, strength_clip, allow_other_family=allow_other_family)
+        log.info("LoRA Lab: %s", applied.report.replace("\n", " | "))
+        return {"ui": {"text": [applied.report]}, "result": (applied.model, applied.clip, applied.report)}
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabLoader": LoraLabLoader}

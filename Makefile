@@ -1,0 +1,22 @@
+# User targets: test, demo, bench. Each first runs scripts/setup_env.sh (about a second once set up).
+#   make test                                   # all tests (pytest testpaths = tests)
+#   make test PYTEST_ARGS="tests/test_host.py"  # extra pytest arguments / narrower selection
+#   COMFYUI_PATH=/path/to/ComfyUI make test     # test against another ComfyUI install
+
+PYTHON := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench
+
+setup:
+	bash scripts/setup_env.sh
+
+# No path given -> pytest collects `testpaths` from pyproject.toml (tests/), i.e. `pytest tests -q`.
+test: setup
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PYTHON) scripts/demo.py
+
+bench: setup
+	$(PYTHON) -m bench
