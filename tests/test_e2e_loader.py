@@ -37,7 +37,7 @@ def test_lora_changes_the_image_and_nothing_leaks_into_the_shared_model(host):
     with_lora, history = _image(server, txt2img(ckpt, "e2e_lora", lora=loras["kohya"], strength_model=1.0))
     assert np.abs(with_lora.astype(int) - plain.astype(int)).mean() > 1.0, "the LoRA did not change the image"
     report = _report(history)
-    n = full["kohya"].meta["targets"]
+    n = full["kohya"].meta["file_targets"]
     assert f"targets: {n} of {n} applied" in report, report
     again, _ = _image(server, txt2img(ckpt, "e2e_plain_again"))
     assert np.array_equal(again, plain), "the run after the LoRA run differs from the plain image"
@@ -46,7 +46,7 @@ def test_lora_changes_the_image_and_nothing_leaks_into_the_shared_model(host):
 def test_diffusers_format_file_is_applied_fully_where_core_is_not(host):
     server, ckpt, loras, full = host
     _, history = _image(server, txt2img(ckpt, "e2e_diffusers", lora=loras["diffusers"]))
-    n = full["diffusers"].meta["targets"]
+    n = full["diffusers"].meta["file_targets"]
     assert f"targets: {n} of {n} applied" in _report(history)
 
 

@@ -59,7 +59,7 @@ def test_fixture_applies_fully_and_matches_the_tool(built, family, name):
 
     # every target of the file is applied, none unmatched
     assert not applied.plan.unmatched, applied.report
-    assert applied.plan.matched_count == fx.meta["targets"], applied.report
+    assert applied.plan.matched_count == fx.meta["file_targets"], applied.report
 
     got = {**_loaded_weights(applied.model), **{f"clip::{k}": v for k, v in _loaded_weights(applied.clip.patcher).items()}}
     reference = fx.reference()
@@ -96,7 +96,7 @@ def test_fixture_equals_core_loraloader_where_core_applies_it(built, family, nam
     core_count = _core_patch_count(lora_sd, model, clip)
     if fx.meta["format"] in ("peft", "diffusers"):
         # the motivating bug: core skips these files' attention targets without an error
-        assert core_count < fx.meta["targets"]
+        assert core_count < fx.meta["file_targets"]
     if name == "dora":
         pytest.skip("core normalises DoRA against ||W|| on one axis (field-notes §2); LyCORIS is the oracle")
     # PEFT keeps alpha only in the 'lora_adapter_metadata' header, which core does not read: core
