@@ -61,12 +61,17 @@ class LoraPlan:
     model_entries: list[PatchEntry] = field(default_factory=list)
     clip_entries: list[PatchEntry] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
-    skipped_zero: list[str] = field(default_factory=list)
+    skipped_zero: list[PatchEntry] = field(default_factory=list)  # block weight 0: matched, not applied
     warnings: list[str] = field(default_factory=list)
 
     @property
     def matched_count(self) -> int:
-        return len({e.module for e in self.model_entries + self.clip_entries} | set(self.skipped_zero))
+        return len({e.module for e in self.model_entries + self.clip_entries + self.skipped_zero})
+
+    def block_targets(self) -> list[tuple[str, bool]]:
+        """``(model weight key, applied)`` per matched target, for the block table."""
+        return ([(e.target.key, True) for e in self.model_entries + self.clip_entries]
+                + [(e.target.key, False) for e in self.skipped_zero])
 
 
 def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object], model_shapes: Mapping[str, torch.Size],
@@ -108,7 +113,7 @@ def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object], model_shape
         factor = weight_fn(target.key) if weight_fn is not None else 1.0
         entry = PatchEntry(target=target, adapter=adapter, strength=strength * factor, module=name, is_bias=is_bias)
         if factor == 0.0:
-            plan.skipped_zero.append(name)
+            plan.skipped_zero.append(entry)
             continue
         entries.append(entry)
 

@@ -24,7 +24,7 @@ def _fmt(v) -> str:
 
 
 def load_report(lora: LoadedLora, plan: LoraPlan, *, model_family: str | None, strength_model: float,
-                strength_clip: float, has_clip: bool) -> str:
+                strength_clip: float, has_clip: bool, block_table: str | None = None) -> str:
     parsed = lora.parsed
     adapters = list(parsed.modules.values())
     total = len(parsed.modules) + len(parsed.bias_diffs)
@@ -37,7 +37,7 @@ def load_report(lora: LoadedLora, plan: LoraPlan, *, model_family: str | None, s
         _summary([a.rank for a in adapters], "rank") + "; " + _summary([a.alpha for a in adapters], "alpha"),
         f"made for: {family_label(fam.family)}{evidence}{meta}",
         f"model: {family_label(model_family)}",
-        f"targets: {plan.matched_count} of {total} applied"
+        f"targets: {len({e.module for e in plan.model_entries + plan.clip_entries})} of {total} applied"
         f" (model {len({e.module for e in plan.model_entries})} at strength {strength_model:g}, "
         f"text encoder {len({e.module for e in plan.clip_entries})} at strength {strength_clip:g}"
         + ("" if has_clip else ", no CLIP connected") + ")",
@@ -49,4 +49,7 @@ def load_report(lora: LoadedLora, plan: LoraPlan, *, model_family: str | None, s
         lines.append(f"unmatched: {len(plan.unmatched)}: {shown}")
     for w in plan.warnings:
         lines.append(f"WARNING: {w}")
+    if block_table:
+        lines.append("block weights:")
+        lines.append(block_table)
     return "\n".join(lines)

@@ -124,3 +124,35 @@ def clip_key_map(clip) -> dict:
 
 def weight_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: p.shape for k, p in module.named_parameters()}
+
+
+def kohya_names(model_key_map: dict, clip_key_map: dict | None, family: str | None) -> dict[str, str]:
+    """Model weight key -> the kohya module name that loaders read for it.
+
+    Taken from ComfyUI's own key maps: for the UNet the diffusers-style ``lora_unet_down_blocks_...``
+    spelling kohya's scripts write (the LDM-style ``lora_unet_input_blocks_...`` where none exists);
+    for text encoders ``lora_te_`` on SD1.x/2.x and ``lora_te1_``/``lora_te2_`` on SDXL.
+    """
+    names: dict[str, str] = {}
+    for k, v in model_key_map.items():
+        if isinstance(v, str) and k.startswith("lora_unet_"):
+            current = names.get(v)
+            if current is None or _is_ldm_name(current, v):
+                names[v] = k
+    te_prefixes = ("lora_te_",) if family in ("sd1", "sd2") else ("lora_te1_", "lora_te2_")
+    for k, v in (clip_key_map or {}).items():
+        if isinstance(v, str) and k.startswith(te_prefixes):
+            names.setdefault(v, k)
+    return names
+
+
+def _is_ldm_name(name: str, key: str) -> bool:
+    return name == "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+
+
+def unpatched_weight(module: torch.nn.Module, key: str) -> torch.Tensor:
+    """The weight as it is without LoRA Lab's deltas (from the backup while a clone is applied)."""
+    backup = _ACTIVE.get(module)
+    if backup is not None and key in backup:
+        return backup[key]
+    return module.get_parameter(key).detach()

@@ -6,14 +6,26 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import folder_paths
 
 from ..lora_ops import LoadedLora, LoraPlan, host_family, load_lora, load_report, plan_lora
-from ..lora_ops.errors import LoraFileError, LoraLabError
+from ..lora_ops.blocks import BlockWeights, block_table, load_user_presets, parse_block_weights
+from ..lora_ops.errors import LoraFileError
 from . import bridge
 
 log = logging.getLogger(__name__)
+
+# Optional inputs every node with a block_weights field shares.
+BLOCK_EXTRA_INPUTS = {
+    "block_a": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                          "tooltip": "Value of A in block_weights (for sweeps)."}),
+    "block_b": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                          "tooltip": "Value of B in block_weights."}),
+    "block_seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                           "tooltip": "Seed of the R/U random block weights."}),
+}
 
 _CACHE_SIZE = 8
 _cache: "OrderedDict[tuple, LoadedLora]" = OrderedDict()
@@ -55,10 +67,26 @@ class AppliedLora:
     report: str
 
 
+def user_presets_path() -> Path:
+    """User block-weight presets live in ComfyUI's user folder: ``<user>/lora_lab/block_presets.json``."""
+    return Path(folder_paths.get_user_directory()) / "lora_lab" / "block_presets.json"
+
+
+def resolve_block_weights(text: str, model, *, a: float | None = None, b: float | None = None,
+                          seed: int = 0) -> BlockWeights | None:
+    """Parse ``block_weights`` for this model's family; ``None`` when empty (every block at 1)."""
+    if not text.strip():
+        return None
+    return parse_block_weights(text, model_family_of(model), a=a, b=b, seed=seed,
+                               model_keys=list(bridge.weight_shapes(model.model)),
+                               user_presets=load_user_presets(user_presets_path()))
+
+
 def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
-               allow_other_family: bool = False, weight_fn=None) -> AppliedLora:
+               allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> AppliedLora:
     """Plan ``lora`` for ``model``/``clip``; return clones that carry it, the plan and the report."""
     family = model_family_of(model)
+    weight_fn = block_weights.factor if block_weights is not None else None
     plan = plan_lora(
         lora,
         model_keys=bridge.model_key_map(model.model), model_shapes=bridge.weight_shapes(model.model),
@@ -71,8 +99,9 @@ def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_cl
     if clip is not None:
         new_clip = clip.clone()
         new_clip.patcher = bridge.with_patches(clip.patcher, plan.clip_entries)
+    table = block_table(block_weights, plan.block_targets()) if block_weights is not None else None
     report = load_report(lora, plan, model_family=family, strength_model=strength_model,
-                         strength_clip=strength_clip, has_clip=clip is not None)
+                         strength_clip=strength_clip, has_clip=clip is not None, block_table=table)
     return AppliedLora(new_model, new_clip, plan, report)
 
 
@@ -103,16 +132,16 @@ class LoraLabLoader:
                 "allow_other_family": ("BOOLEAN", {"default": False, "tooltip":
                                        "Apply the layers that fit even if the LoRA was made for another "
                                        "base model family."}),
+                **BLOCK_EXTRA_INPUTS,
             },
         }
 
     def load(self, model, lora_name, strength_model, strength_clip, block_weights="", clip=None,
-             allow_other_family=False):
-        if block_weights.strip():
-            raise LoraLabError(f"block_weights '{block_weights}' was given, but this version of LoRA Lab does not "
-                               "read block weights yet.", "leave block_weights empty (all blocks at 1).")
+             allow_other_family=False, block_a=1.0, block_b=1.0, block_seed=0):
+        weights = resolve_block_weights(block_weights, model, a=block_a, b=block_b, seed=block_seed)
         lora = cached_lora(resolve_lora_path(lora_name))
-        applied = apply_lora(model, clip, lora, strength_model, strength_clip, allow_other_family=allow_other_family)
+        applied = apply_lora(model, clip, lora, strength_model, strength_clip, allow_other_family=allow_other_family,
+                             block_weights=weights)
         log.info("LoRA Lab: %s", applied.report.replace("\n", " | "))
         return {"ui": {"text": [applied.report]}, "result": (applied.model, applied.clip, applied.report)}
 

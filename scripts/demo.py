@@ -1,48 +1,102 @@
-"""LoRA Lab demo: runs workflows on a real ComfyUI host and saves the images to demo-output/.
+"""LoRA Lab demo: real workflows on a real ComfyUI host, images saved to demo-output/.
 
-Run with `make demo`. The host runs on the CPU in .cache/demo-host (models, outputs, server.log).
+Run with `make demo`. It builds the synthetic models and LoRA files (cached under .cache/lora-lab),
+starts ComfyUI headless on a free loopback port (CPU, files in .cache/demo-host), submits workflows
+through `/prompt`, and writes what they produce to demo-output/, printing the paths.
+
+The models carry seeded random weights (no model hub is reachable here), so the pictures are
+textures rather than lighthouses; what they show is which runs differ and which are identical.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from testkit import fixtures, models  # noqa: E402
 from testkit.host import ComfyServer, copy_outputs  # noqa: E402
+from testkit.workflows import Sampling, txt2img  # noqa: E402
 
 DEMO_OUTPUT = REPO_ROOT / "demo-output"
 DEMO_HOST = REPO_ROOT / ".cache" / "demo-host"
+SAMPLING = Sampling(width=128, height=128, steps=4)
 
 
-def run_workflow(server: ComfyServer, prompt: dict, name: str, timeout: float = 600) -> list[Path]:
+def run_workflow(server: ComfyServer, prompt: dict, name: str, timeout: float = 900) -> tuple[list[Path], dict]:
     """Run an API-format prompt and copy its saved images to demo-output/<name>_NN.png."""
     history = server.run_prompt(prompt, timeout=timeout)
     copied = copy_outputs(server.output_files(history), DEMO_OUTPUT, name)
     for path in copied:
         print(f"  {path.relative_to(REPO_ROOT)}")
-    return copied
+    return copied, history
 
 
-def plumbing_workflow() -> dict:
-    """A graph that needs no model: a solid image saved by core SaveImage."""
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 128, "batch_size": 1, "color": 0x3366CC}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "plumbing"}},
-    }
+def labelled_strip(cells: list[tuple[str, Path]], title: str, out: Path) -> Path:
+    """Images side by side with a label under each, a title line on top, and below each image its
+    difference from the first one (amplified 8x), so that small changes are visible."""
+    images = [Image.open(p).convert("RGB") for _, p in cells]
+    w, h = images[0].size
+    pad, label_h, title_h = 8, 18, 22
+    sheet = Image.new("RGB", (pad + len(images) * (w + pad), title_h + 2 * (h + label_h) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 4), title, fill="black")
+    first = np.asarray(images[0], dtype=np.int16)
+    for i, ((label, _), img) in enumerate(zip(cells, images)):
+        x = pad + i * (w + pad)
+        sheet.paste(img, (x, title_h))
+        draw.text((x, title_h + h + 3), label, fill="black")
+        diff = np.abs(np.asarray(img, dtype=np.int16) - first)
+        sheet.paste(Image.fromarray(np.clip(diff * 8, 0, 255).astype(np.uint8)), (x, title_h + h + label_h))
+        draw.text((x, title_h + 2 * h + label_h + 3), f"|diff| mean {diff.mean():.1f}", fill="black")
+    sheet.save(out)
+    return out
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     DEMO_OUTPUT.mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    print("building the synthetic SD1.5-architecture checkpoint and LoRA files (cached after the first run)...")
+    checkpoint = models.sd15_checkpoint()
+    loras = fixtures.build("sd15_full")
     with ComfyServer(DEMO_HOST) as server:
+        ckpt = server.add_checkpoint(checkpoint)
+        names = {key: server.add_lora(fx.path) for key, fx in loras.items()}
         print(f"ComfyUI up at {server.url} after {server.startup_seconds:.1f} s (log: {server.log_path})")
-        print("plumbing (EmptyImage -> SaveImage):")
-        run_workflow(server, plumbing_workflow(), "plumbing")
-    return 0
+
+        print("1. no LoRA:")
+        (plain,), _ = run_workflow(server, txt2img(ckpt, "demo_plain", sampling=SAMPLING), "plain")
+        cells = [("no LoRA", plain)]
+        for strength in (0.5, 1.0, 1.5):
+            print(f"2. LoraLabLoader, kohya file, strength {strength}:")
+            (img,), history = run_workflow(
+                server, txt2img(ckpt, f"demo_kohya_{strength}", lora=names["kohya"], strength_model=strength,
+                                sampling=SAMPLING), f"kohya_strength_{strength}")
+            cells.append((f"kohya x{strength}", img))
+        print("   report:\n    " + history["outputs"]["lora"]["text"][0].replace("\n", "\n    "))
+        print("3. LoraLabLoader, diffusers-format file (core LoraLoader skips its attention layers):")
+        (img,), history = run_workflow(
+            server, txt2img(ckpt, "demo_diffusers", lora=names["diffusers"], sampling=SAMPLING), "diffusers")
+        cells.append(("diffusers x1.0", img))
+        print("   report:\n    " + history["outputs"]["lora"]["text"][0].replace("\n", "\n    "))
+        print("4. no LoRA again (must equal image 1: nothing leaked into the shared model):")
+        (again,), _ = run_workflow(server, txt2img(ckpt, "demo_plain_again", sampling=SAMPLING), "plain_again")
+        same = Image.open(again).tobytes() == Image.open(plain).tobytes()
+        print(f"   identical to the first no-LoRA image: {same}")
+        cells.append(("no LoRA again", again))
+
+    strip = labelled_strip(cells, f"LoRA Lab loader, seed {SAMPLING.seed}, synthetic SD1.5 (random weights)",
+                           DEMO_OUTPUT / "loader_strip.png")
+    print(f"summary picture: {strip.relative_to(REPO_ROOT)}  ({time.monotonic() - t0:.0f} s in all)")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

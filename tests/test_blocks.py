@@ -88,7 +88,8 @@ def sd3_keys():
 
     return _meta_keys(lambda: MMDiT(
         operations=comfy.ops.disable_weight_init, depth=24, pos_embed_max_size=192, adm_in_channels=2048,
-        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": 4096, "out_features": 1536}},
         patch_size=2, in_channels=16, num_patches=36864, pos_embed_scaling_factor=None))
 
 
@@ -97,8 +98,8 @@ def wan_keys():
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
-    return _meta_keys(lambda: WanModel(dim=64, ffn_dim=128, num_heads=4, num_layers=5, text_dim=64, freq_dim=32,
-                                       operations=comfy.ops.disable_weight_init))
+    return _meta_keys(lambda: WanModel(dim=64, ffn_dim=128, num_heads=4, num_layers=5, text_dim=64,
+                                       freq_dim=32, operations=comfy.ops.disable_weight_init))
 
 
 def reference_sd_block(key: str) -> str:
@@ -185,9 +186,11 @@ def test_flux_block_map(flux_keys):
     for key in flux_keys:
         got.setdefault(blocks.block_of("flux", key), set()).add(key)
     assert set(got) == {"IN", "OUT", *nums("D", 19), *nums("S", 38)}
-    assert "diffusion_model.img_in.weight" in got["IN"] and "diffusion_model.guidance_in.in_layer.weight" in got["IN"]
+    assert "diffusion_model.img_in.weight" in got["IN"]
+    assert "diffusion_model.guidance_in.in_layer.weight" in got["IN"]
     assert "diffusion_model.final_layer.linear.weight" in got["OUT"]
-    assert all(".double_blocks.1." in k for k in got["D01"]) and all(".single_blocks.12." in k for k in got["S12"])
+    assert all(".double_blocks.1." in k for k in got["D01"])
+    assert all(".single_blocks.12." in k for k in got["S12"])
     w = parse("D03.img.attn=0, D03.txt=0.5, D04.mlp=2", "flux")
     for key in flux_keys:
         f = w.factor(key)
@@ -267,7 +270,8 @@ def test_flux_dialects_equal_named_syntax(order, flux_keys):
           "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"]
     vec = parse(",".join(map(repr, values)), "flux")
     if order is FLUX58:  # that tool counts img_in, final_layer and the text encoders as BASE
-        named = parse(_named_equivalent(order, values, [], extra=[f"IN={values[0]!r}", f"OUT={values[0]!r}"]), "flux")
+        extra = [f"IN={values[0]!r}", f"OUT={values[0]!r}"]
+        named = parse(_named_equivalent(order, values, [], extra=extra), "flux")
     else:
         named = parse(_named_equivalent(order, values, ["BASE"]), "flux")
     for key in flux_keys + te:
@@ -338,7 +342,7 @@ def test_flux_presets(flux_keys):
 
 def test_preset_with_overrides_and_later_wins():
     w = parse("OUTALL, OUT05=0.5", "sd1")
-    assert w.vector["OUT05"] == 0.5 and w.vector["OUT04"] == 1 and w.vector["IN04"] == 0 and w.vector["BASE"] == 1
+    assert (w.vector["OUT05"], w.vector["OUT04"], w.vector["IN04"], w.vector["BASE"]) == (0.5, 1, 0, 1)
     assert parse("OUT05=0.5, OUTALL", "sd1").vector["OUT05"] == 1  # a preset sets every block
     w = parse("IN04-IN08=0.5, IN06=2, *=0.1", "sd1")
     assert (w.vector["IN05"], w.vector["IN06"], w.vector["M00"], w.vector["BASE"]) == (0.5, 2, 0.1, 0.1)
@@ -429,10 +433,10 @@ def test_bad_arguments():
 
 # --- property tests -------------------------------------------------------------------------------
 
-_ALPHABET = ["IN04", "in4", "OUT*", "*", "M00", "D03", "S12", "J01", "B02", "TB3", "BASE", "CLIP", "CLIP_G", "T5",
-             "IN", "OUT", "ALL", "OUTALL", "INS", "DOUBLE", "MIDALL", "=", "-", ",", "\n", ".", "attn", "img", "txt",
-             "mlp", "res", "0", "1", "2", "0.5", "-1", "1e3", "1e999", "A", "B", "a", "R", "U", "#", " ", "IN08-IN04",
-             "IN05-OUT06", "D00-D18", "12", "99999999", "0000001", ":", ";"]
+_ALPHABET = ["IN04", "in4", "OUT*", "*", "M00", "D03", "S12", "J01", "B02", "TB3", "BASE", "CLIP", "CLIP_G",
+             "T5", "IN", "OUT", "ALL", "OUTALL", "INS", "DOUBLE", "MIDALL", "=", "-", ",", "\n", ".", "attn",
+             "img", "txt", "mlp", "res", "0", "1", "2", "0.5", "-1", "1e3", "1e999", "A", "B", "a", "R", "U",
+             "#", " ", "IN08-IN04", "IN05-OUT06", "D00-D18", "12", "99999999", "0000001", ":", ";"]
 
 
 def _parse_or_error(text, fam, **kwargs):
@@ -531,6 +535,7 @@ def test_user_preset_loop_names_itself():
 
 def test_blocks_module_is_host_free():
     source = Path(blocks.__file__).read_text()
-    imported = {n.names[0].name.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import)}
-    imported |= {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    nodes = list(ast.walk(ast.parse(source)))
+    imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
     assert "comfy" not in imported and "folder_paths" not in imported

@@ -61,3 +61,13 @@ def test_strength_change_and_core_loraloader_alongside(host):
     ours_full, _ = _image(server, txt2img(ckpt, "e2e_ours_full", lora=loras["kohya"], strength_model=1.0,
                                           strength_clip=2.0))
     assert np.abs(both.astype(int) - ours_full.astype(int)).max() <= 2
+
+
+def test_block_weights_change_the_image_and_all_equals_the_plain_load(host):
+    server, ckpt, loras, _ = host
+    plain_lora, _ = _image(server, txt2img(ckpt, "e2e_bw_plain", lora=loras["kohya"]))
+    all_blocks, _ = _image(server, txt2img(ckpt, "e2e_bw_all", lora=loras["kohya"], block_weights="ALL"))
+    assert np.array_equal(all_blocks, plain_lora)
+    weighted, history = _image(server, txt2img(ckpt, "e2e_bw_outd", lora=loras["kohya"], block_weights="OUTD"))
+    assert np.abs(weighted.astype(int) - plain_lora.astype(int)).mean() > 0.5
+    assert "block weights:" in _report(history)

@@ -1,0 +1,97 @@
+"""``LoraLabBake``: save a LoRA with its block weights folded in, as a kohya file any loader reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import folder_paths
+import torch
+
+from ..lora_ops.bake import bake_plan, kohya_metadata, network_module_for
+from ..lora_ops.errors import LoraLabError
+from ..lora_ops.plan import file_sha256
+from ..lora_ops.safeio import write_safetensors_atomic
+from . import bridge
+from .loader import BLOCK_EXTRA_INPUTS, apply_lora, cached_lora, model_family_of, resolve_block_weights, resolve_lora_path
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,150}$")
+
+
+def lora_output_path(name: str, *, overwrite: bool) -> Path:
+    """Where a new LoRA called ``name`` goes: the first loras folder; a name that would leave it is refused."""
+    stem = name.strip()
+    if stem.endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not _SAFE_NAME.match(stem) or ".." in stem:
+        raise LoraLabError(f"Output name '{name}' is not a plain file name (letters, digits, space, . _ + - only; "
+                           "no folders).", "pick a simple name such as 'my_lora_baked'.")
+    folder = Path(folder_paths.get_folder_paths("loras")[0])
+    path = folder / f"{stem}.safetensors"
+    if path.exists() and not overwrite:
+        raise LoraLabError(f"'{path.name}' already exists in the loras folder.",
+                           "pick another output name, or enable overwrite.")
+    return path
+
+
+class LoraLabBake:
+    """Fold block weights (and optionally the strengths) into a new kohya-format LoRA file."""
+
+    DESCRIPTION = ("Saves the LoRA with its block weights folded in, as a standard kohya-format file in the loras "
+                   "folder. Loading it at strength 1 equals the block-weighted load.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "bake"
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("path", "report")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "lora_name": (folder_paths.get_filename_list("loras"),),
+                "block_weights": ("STRING", {"default": "", "multiline": False}),
+                "output_name": ("STRING", {"default": "baked_lora"}),
+            },
+            "optional": {
+                "clip": ("CLIP",),
+                "overwrite": ("BOOLEAN", {"default": False}),
+                **BLOCK_EXTRA_INPUTS,
+            },
+        }
+
+    def bake(self, model, lora_name, block_weights, output_name, clip=None, overwrite=False,
+             block_a=1.0, block_b=1.0, block_seed=0):
+        out_path = lora_output_path(output_name, overwrite=overwrite)
+        weights = resolve_block_weights(block_weights, model, a=block_a, b=block_b, seed=block_seed)
+        source = resolve_lora_path(lora_name)
+        applied = apply_lora(model, clip, cached_lora(source), 1.0, 1.0, block_weights=weights)
+        family = model_family_of(model)
+        names = bridge.kohya_names(bridge.model_key_map(model.model),
+                                   bridge.clip_key_map(clip) if clip is not None else None, family)
+        plan = applied.plan
+
+        def name_of(entry):
+            return names.get(entry.target.key) or entry.module.replace(".", "_")
+
+        model_keys = set(bridge.weight_shapes(model.model))
+
+        def base_weight(key):
+            module = model.model if key in model_keys else clip.cond_stage_model
+            return bridge.unpatched_weight(module, key).to(torch.float32)
+
+        entries = plan.model_entries + plan.clip_entries
+        tensors = bake_plan(entries, name_of, base_weight)
+        meta = kohya_metadata(
+            family=family, rank_values=[e.adapter.rank for e in entries], network_module=network_module_for(entries),
+            extra={"lora_lab.baked_from": Path(source).name, "lora_lab.baked_from_sha256": file_sha256(source),
+                   "lora_lab.block_weights": weights.describe() if weights is not None else ""})
+        write_safetensors_atomic(tensors, out_path, meta)
+        report = f"baked {len(entries)} targets ({len(plan.skipped_zero)} at weight 0 left out) into {out_path.name}\n"
+        report += applied.report
+        return {"ui": {"text": [report]}, "result": (str(out_path), report)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabBake": LoraLabBake}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabBake": "LoRA Lab Bake Block Weights"}
