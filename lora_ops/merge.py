@@ -130,8 +130,31 @@ def _as_2d_view(t: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]) -> None:
-    """Add every entry's delta to ``view`` in place; ``base`` is the unpatched value (for DoRA)."""
+def _rounds_to_finite(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of ``t`` is finite once stored as ``dtype`` (one ``aminmax`` pass).
+
+    A value rounds to infinity when its magnitude reaches ``max + ulp(max) / 2`` of the target dtype
+    (65520 for fp16); NaN propagates through ``aminmax``.
+    """
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return False
+    if dtype in HALF_DTYPES:
+        info = torch.finfo(dtype)
+        limit = info.max + info.eps * 2.0 ** (math.floor(math.log2(info.max))) / 2
+        return -limit < lo and hi < limit
+    return True
+
+
+def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]) -> bool:
+    """Add every entry's delta to ``view`` in place; ``base`` is the unpatched value (for DoRA).
+
+    Returns whether the result is finite in the weight's dtype; checked on the fp32 accumulator before
+    rounding on the CPU (cheaper than a pass over the half-precision weight, and exact about overflow).
+    """
     fused_half = view.is_cuda and view.dtype in HALF_DTYPES
     if fused_half or view.dtype == torch.float32:
         acc, compute = view, view.dtype
@@ -150,8 +173,10 @@ def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]
             acc2d.addmm_(up.to(acc.device, compute), down.to(acc.device, compute), alpha=e.strength * scale)
         else:
             acc.add_(a.delta(acc.shape, dtype=compute, device=acc.device), alpha=e.strength)
+    finite = _rounds_to_finite(acc, view.dtype)
     if acc is not view:
         view.copy_(acc)
+    return finite
 
 
 def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,
@@ -174,16 +199,16 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                 by_offset: dict[object, list[PatchEntry]] = {}
                 for e in group:
                     by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
+                finite = True
                 for offset, es in by_offset.items():
                     view = target_view(weight, offset)
                     needs_base = any(e.adapter.magnitude is not None for e in es)
                     base = target_view(backup[key], offset).to(weight.device) if needs_base else None
-                    _merge_one(view, base, es)
-                if check_finite and not torch.isfinite(weight).all():
-                    finite_max = float(backup[key].float().abs().max())
-                    bad.append((key, finite_max))
+                    finite = _merge_one(view, base, es) and finite
+                if check_finite and not finite:
+                    bad.append(key)
         if bad:
-            raise _overflow_error(bad, weights[bad[0][0]].dtype, by_key)
+            raise _overflow_error(bad, weights[bad[0]].dtype, by_key)
     except BaseException:
         restore_weights(weights, backup)
         raise
@@ -191,7 +216,7 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
 
 
 def _overflow_error(bad, dtype, by_key) -> Exception:
-    names = [", ".join(sorted({e.module for e in by_key[k]})) or k for k, _ in bad]
+    names = [", ".join(sorted({e.module for e in by_key[k]})) or k for k in bad]
     shown = "; ".join(names[:6]) + (f" (and {len(names) - 6} more)" if len(names) > 6 else "")
     if dtype in HALF_DTYPES:
         limit = torch.finfo(dtype).max

@@ -288,3 +288,17 @@ def test_lora_ops_imports_without_comfy():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+@pytest.mark.parametrize("total,overflows", [(65519.0, False), (65520.0, True), (-65520.0, True)])
+def test_fp16_overflow_boundary_is_exact(total, overflows):
+    # 65519 still rounds to 65504 in fp16; 65520 rounds to inf (round half to even at the top binade)
+    w = torch.zeros(1, 1, dtype=torch.float16)
+    entry = merge_mod.PatchEntry(Target("w"), ops.LoraWeights(up=torch.tensor([[total]]), down=torch.ones(1, 1)), 1.0, "edge")
+    if overflows:
+        with pytest.raises(ops.OverflowRiskError, match="edge"):
+            ops.apply_patches({"w": w}, [entry])
+        assert torch.equal(w, torch.zeros(1, 1, dtype=torch.float16))
+    else:
+        ops.apply_patches({"w": w}, [entry])
+        assert w.item() == 65504.0
