@@ -1,6 +1,8 @@
 """ComfyUI nodes of LoRA Lab: thin adapters between ComfyUI objects and ``lora_ops``."""
 
-from . import bake, loader
+from . import bake, loader, stack
 
-NODE_CLASS_MAPPINGS = {**loader.NODE_CLASS_MAPPINGS, **bake.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**loader.NODE_DISPLAY_NAME_MAPPINGS, **bake.NODE_DISPLAY_NAME_MAPPINGS}
+_FEATURES = (loader, stack, bake)
+
+NODE_CLASS_MAPPINGS = {k: v for m in _FEATURES for k, v in m.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in _FEATURES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

@@ -82,26 +82,39 @@ def resolve_block_weights(text: str, model, *, a: float | None = None, b: float 
                                user_presets=load_user_presets(user_presets_path()))
 
 
-def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
-               allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> AppliedLora:
-    """Plan ``lora`` for ``model``/``clip``; return clones that carry it, the plan and the report."""
+def plan_for(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
+             allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> tuple[LoraPlan, str]:
+    """Match and check ``lora`` for ``model``/``clip``; return the plan and its report (no clone yet)."""
     family = model_family_of(model)
-    weight_fn = block_weights.factor if block_weights is not None else None
     plan = plan_lora(
         lora,
         model_keys=bridge.model_key_map(model.model), model_shapes=bridge.weight_shapes(model.model),
         model_family=family, strength_model=strength_model,
         clip_keys=bridge.clip_key_map(clip) if clip is not None else None,
         clip_shapes=bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None,
-        strength_clip=strength_clip, weight_fn=weight_fn, allow_other_family=allow_other_family)
-    new_model = bridge.with_patches(model, plan.model_entries)
-    new_clip = None
-    if clip is not None:
-        new_clip = clip.clone()
-        new_clip.patcher = bridge.with_patches(clip.patcher, plan.clip_entries)
+        strength_clip=strength_clip, weight_fn=block_weights.factor if block_weights is not None else None,
+        allow_other_family=allow_other_family)
     table = block_table(block_weights, plan.block_targets()) if block_weights is not None else None
     report = load_report(lora, plan, model_family=family, strength_model=strength_model,
                          strength_clip=strength_clip, has_clip=clip is not None, block_table=table)
+    return plan, report
+
+
+def clones_with(model, clip, model_entries, clip_entries):
+    """Clones of ``model`` and ``clip`` that carry the given patches (one patch pass each)."""
+    new_model = bridge.with_patches(model, model_entries)
+    new_clip = None
+    if clip is not None:
+        new_clip = clip.clone()
+        new_clip.patcher = bridge.with_patches(clip.patcher, clip_entries)
+    return new_model, new_clip
+
+
+def apply_lora(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
+               allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> AppliedLora:
+    """Plan ``lora`` for ``model``/``clip``; return clones that carry it, the plan and the report."""
+    plan, report = plan_for(model, clip, lora, strength_model, strength_clip, allow_other_family, block_weights)
+    new_model, new_clip = clones_with(model, clip, plan.model_entries, plan.clip_entries)
     return AppliedLora(new_model, new_clip, plan, report)
 
 
