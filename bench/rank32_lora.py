@@ -75,18 +75,19 @@ def _full_unet_twin() -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _seed_factors(unet: torch.nn.Module, gen: torch.Generator) -> int:
-    """Seeded A and B for every PEFT LoRA layer; returns the number of layers."""
+def _seed_factors(unet: torch.nn.Module, gen: torch.Generator, adapter: str = "default",
+                  scale: float = ALPHA / RANK) -> int:
+    """Seeded A and B for every PEFT LoRA layer of ``adapter``; returns the number of layers."""
     from peft.tuners.lora import LoraLayer  # noqa: PLC0415
 
     layers = sorted(((n, m) for n, m in unet.named_modules() if isinstance(m, LoraLayer)), key=lambda x: x[0])
     for _, layer in layers:
-        a = layer.lora_A["default"].weight
-        b = layer.lora_B["default"].weight
+        a = layer.lora_A[adapter].weight
+        b = layer.lora_B[adapter].weight
         fan_in = a[0].numel()
         a.copy_(torch.randn(a.shape, generator=gen) * fan_in**-0.5)
         b.copy_(torch.randn(b.shape, generator=gen))
-        delta = (ALPHA / RANK) * (b.flatten(1) @ a.flatten(1))
+        delta = scale * (b.flatten(1) @ a.flatten(1))
         base = layer.get_base_layer().weight
         b.mul_(RELATIVE_NORM * base.norm() / delta.norm())
     return len(layers)

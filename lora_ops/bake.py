@@ -18,10 +18,12 @@ of each model weight), so this module stays host-free.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 import torch
 
 from .adapters import FullDiff, LohaWeights, LokrWeights, LoraWeights, dora_delta
+from .keymap import Target, canonical_name
 from .merge import PatchEntry, target_view
 
 
@@ -107,3 +109,33 @@ def kohya_metadata(*, family: str | None, rank_values: Iterable[int | None], ext
             "modelspec.sai_model_spec": "1.0.0"}
     meta.update({k: str(v) for k, v in extra.items()})
     return meta
+
+
+def kohya_module_name(name: str) -> str:
+    """A module name in kohya's spelling (``lora_unet_...``, ``lora_te1_...``), whatever dialect it came in."""
+    c = canonical_name(name)
+    if c.startswith("diffusion_model_"):
+        return "lora_unet_" + c[len("diffusion_model_"):]
+    return c
+
+
+def lora_state_dict(parsed) -> dict[str, torch.Tensor]:
+    """A parsed LoRA (``ParsedLora``) as a kohya-format state dict, losslessly.
+
+    Module names are rewritten to kohya's spelling; DoRA keeps its factors and ``dora_scale``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    items = [(n, a, False) for n, a in parsed.modules.items()] + [(n, a, True) for n, a in parsed.bias_diffs.items()]
+    for name, adapter, is_bias in items:
+        kname = kohya_module_name(name)
+        magnitude = adapter.magnitude
+        if magnitude is not None:
+            adapter = replace(adapter, magnitude=None)
+        tensors = bake_entry(kname, PatchEntry(Target(name), adapter, 1.0, name, is_bias))
+        if magnitude is not None:
+            tensors[f"{kname}.dora_scale"] = magnitude
+        for k, v in tensors.items():
+            if k in out:
+                raise ValueError(f"two LoRA layers map to the same kohya key '{k}'")
+            out[k] = v.detach().cpu().contiguous()
+    return out

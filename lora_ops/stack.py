@@ -193,3 +193,19 @@ def conflicts(names: list[str], rows_entries: Sequence[list[PatchEntry]], block_
                 cos = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0
                 report.blocks.append(BlockConflict(block, (i, j), cos, opp / nboth if nboth else 0.0, n))
     return report
+
+
+def conflict_chart(report: ConflictReport):
+    """One bar chart per pair of LoRAs: |cosine| per block, red where they pull in opposite directions."""
+    from .chart import HIGHLIGHT, Bar, bar_chart, stack, text_panel
+
+    if not report.blocks:
+        return text_panel([report.to_text()])
+    charts = []
+    for i, j in sorted({c.pair for c in report.blocks}):
+        bars = [Bar(c.block, abs(c.cosine), f"cos {c.cosine:+.2f}, opposite signs {100 * c.sign_disagreement:.0f}%",
+                    HIGHLIGHT if c.cosine < -0.1 else None)
+                for c in report.blocks if c.pair == (i, j)]
+        charts.append(bar_chart(bars, title=f"{report.names[i]} vs {report.names[j]}: |cosine| per block "
+                                            "(red: they fight)"))
+    return stack(charts)

@@ -10,9 +10,12 @@ from ..lora_ops import family_label
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.merge import PatchEntry
 from ..lora_ops.plan import LoadedLora, LoraPlan
-from ..lora_ops.stack import LoraStack, StackRow, normalize_strengths, scaled
+from ..lora_ops.blocks import block_of
+from ..lora_ops.stack import LoraStack, StackRow, conflict_chart, conflicts, normalize_strengths, scaled
 from . import bridge
-from .loader import BLOCK_EXTRA_INPUTS, cached_lora, clones_with, plan_for, resolve_block_weights, resolve_lora_path
+from .images import image_tensor
+from .loader import (BLOCK_EXTRA_INPUTS, cached_lora, clones_with, model_family_of, plan_for, resolve_block_weights,
+                     resolve_lora_path)
 
 NORMALIZATIONS = ["none", "sum", "norm"]
 
@@ -124,5 +127,35 @@ class LoraLabApplyStack:
         return {"ui": {"text": [report]}, "result": (new_model, new_clip, report)}
 
 
-NODE_CLASS_MAPPINGS = {"LoraLabStack": LoraLabStack, "LoraLabApplyStack": LoraLabApplyStack}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabStack": "LoRA Lab Stack", "LoraLabApplyStack": "LoRA Lab Apply Stack"}
+
+
+class LoraLabConflicts:
+    """Where the LoRAs of a stack overlap, agree or fight, per block."""
+
+    DESCRIPTION = ("Per block and pair of LoRAs: cosine similarity of their deltas (negative: they pull the "
+                   "weights in opposite directions) and the share of entries with opposite signs.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "analyse"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("report", "chart")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "lora_stack": ("LORA_STACK",)}}
+
+    def analyse(self, model, lora_stack):
+        planned = plan_stack(model, None, lora_stack)
+        family = model_family_of(model)
+        result = conflicts([p.row.lora_name for p in planned], [p.plan.model_entries for p in planned],
+                           lambda key: block_of(family, key), bridge.weight_shapes(model.model),
+                           base_of=lambda key: bridge.unpatched_weight(model.model, key))
+        report = result.to_text()
+        chart = image_tensor(conflict_chart(result))
+        return {"ui": {"text": [report]}, "result": (report, chart)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabStack": LoraLabStack, "LoraLabApplyStack": LoraLabApplyStack,
+                       "LoraLabConflicts": LoraLabConflicts}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabStack": "LoRA Lab Stack", "LoraLabApplyStack": "LoRA Lab Apply Stack",
+                              "LoraLabConflicts": "LoRA Lab Stack Conflicts"}

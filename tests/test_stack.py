@@ -117,3 +117,33 @@ def test_normalisation_sum_and_norm(loras):
     assert abs(normed_norm - max(single_norm, locon_norm)) / normed_norm < 1e-3
     with pytest.raises(errors.LoraLabError, match="Unknown normalisation"):
         _apply(model, clip, _stack(rows), "loudest", 1.0)
+
+
+def test_conflict_report_finds_a_lora_fighting_its_negative(loras, fx, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lora_lab.nodes.stack import LoraLabConflicts
+
+    # the same LoRA at -1 fights itself everywhere: cosine -1 and every sign opposite; at +1 it agrees
+    model, _ = models.small_sd15()
+    report, chart = LoraLabConflicts().analyse(
+        model, _stack([("sd15_kohya.safetensors", 1.0, 1.0), ("sd15_kohya.safetensors", -0.5, 1.0)]))["result"]
+    cos = [float(line.split("cos ")[1].split()[0]) for line in report.splitlines() if " cos " in line]
+    assert cos and all(abs(c + 1) < 1e-4 for c in cos)
+    assert all("opposite signs 100.0%" in line for line in report.splitlines() if " cos " in line)
+    assert "fight" in report
+    assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3 and 0 <= chart.min() and chart.max() <= 1
+    # two unrelated LoRAs: cosines match an independent computation on the dense deltas
+    report, _ = LoraLabConflicts().analyse(
+        model, _stack([("sd15_kohya.safetensors", 1.0, 1.0), ("sd15_locon.safetensors", 1.0, 1.0)]))["result"]
+    ref_a, ref_b = fx["sd15"]["kohya"].reference(), fx["sd15"]["locon"].reference()
+    from lora_lab.lora_ops.blocks import block_of
+
+    acc = {}
+    for k in set(ref_a) & set(ref_b):
+        a, b = ref_a[k].double(), ref_b[k].double()
+        s = acc.setdefault(block_of("sd1", k), [0.0, 0.0, 0.0])
+        s[0] += float((a * b).sum()); s[1] += float((a * a).sum()); s[2] += float((b * b).sum())
+    rows = {line.split()[0]: float(line.split("cos ")[1].split()[0]) for line in report.splitlines() if " cos " in line}
+    for block, (ab, aa, bb) in acc.items():
+        assert abs(rows[block] - ab / (aa * bb) ** 0.5) < 2e-3, block
