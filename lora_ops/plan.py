@@ -34,9 +34,12 @@ class LoadedLora:
     parsed: ParsedLora
     family: FamilyGuess
     sha256: str = ""
+    display_name: str = ""
 
     @property
     def name(self) -> str:
+        if self.display_name:
+            return self.display_name
         return self.file.path.name if self.file.path else "LoRA"
 
 
