@@ -21,5 +21,17 @@ __all__ = [
     "ShapeMismatchError", "detect_family", "family_label", "host_family", "ParsedLora", "parse_lora",
     "KeyIndex", "Target", "canonical_name", "match_modules", "PatchEntry", "apply_patches", "restore_weights",
     "LoadedLora", "LoraPlan", "load_lora", "plan_lora", "load_report", "LoraFile", "read_lora_file",
-    "write_safetensors_atomic",
+    "write_safetensors_atomic", "Inspection", "inspect_lora", "inspect_file", "plan_for_inspection", "render_chart",
 ]
+
+# The inspector is exported lazily (PEP 562), so that `python -m lora_ops.inspect` runs a module that
+# the package import did not load first.
+_LAZY = {"Inspection", "inspect_lora", "inspect_file", "plan_for_inspection", "render_chart"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import inspect
+
+        return getattr(inspect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

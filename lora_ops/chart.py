@@ -86,11 +86,28 @@ def bar_chart(bars: Sequence[Bar], *, title: str, width: int = 720, row_height: 
     return img
 
 
+def _wrap(draw: ImageDraw.ImageDraw, line: str, fnt, width: int) -> list[str]:
+    """``line`` broken at spaces into pieces no wider than ``width`` pixels (a long word stays whole)."""
+    out: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if current and _text_width(draw, candidate, fnt) > width:
+            out.append(current)
+            current = "    " + word
+        else:
+            current = candidate
+    out.append(current)
+    return out
+
+
 def text_panel(lines: Sequence[str], *, width: int = 720, font_size: int = 13,
                color: tuple[int, int, int] = INK) -> Image.Image:
-    """Lines of text on the chart background (a caption or a warning under a chart)."""
+    """Lines of text on the chart background (a caption or a warning under a chart), wrapped to ``width``."""
     f_row = font(font_size)
     line_h = font_size + 6
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [piece for line in lines for piece in _wrap(probe, line, f_row, width - 20)]
     img = Image.new("RGB", (width, 10 + line_h * max(len(lines), 1)), BACKGROUND)
     draw = ImageDraw.Draw(img)
     for i, line in enumerate(lines):
@@ -118,6 +135,8 @@ def compact_number(value: float, fmt: Callable[[float], str] | None = None) -> s
         return fmt(value)
     if value == 0:
         return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
+    if abs(value) >= 1e7 or abs(value) < 1e-3:
         return f"{value:.3g}"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
     return f"{value:.4g}"
