@@ -168,8 +168,12 @@ class ConflictReport:
 
 
 def conflicts(names: list[str], rows_entries: Sequence[list[PatchEntry]], block_of, shapes: dict[str, torch.Size],
-              base_of=None) -> ConflictReport:
-    """Per block, for every pair of rows touching the same weights: cosine similarity and sign disagreement."""
+              base_of=None, block_order: Sequence[str] = ()) -> ConflictReport:
+    """Per block, for every pair of rows touching the same weights: cosine similarity and sign disagreement.
+
+    Blocks are listed in ``block_order`` (the model's block map), others after them by name.
+    """
+    rank = {b: i for i, b in enumerate(block_order)}
     report = ConflictReport(names=names)
     per_row = [{e.weight_key: e for e in entries} for entries in rows_entries]
     for i in range(len(per_row)):
@@ -189,7 +193,8 @@ def conflicts(names: list[str], rows_entries: Sequence[list[PatchEntry]], block_
                 stats[3] += opposite
                 stats[4] += int(both.sum().item())
                 stats[5] += 1
-            for block, (ab, aa, bb, opp, nboth, n) in acc.items():
+            for block in sorted(acc, key=lambda b: (rank.get(b, len(rank)), b)):
+                ab, aa, bb, opp, nboth, n = acc[block]
                 cos = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else 0.0
                 report.blocks.append(BlockConflict(block, (i, j), cos, opp / nboth if nboth else 0.0, n))
     return report

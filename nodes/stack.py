@@ -10,7 +10,7 @@ from ..lora_ops import family_label
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.merge import PatchEntry
 from ..lora_ops.plan import LoadedLora, LoraPlan
-from ..lora_ops.blocks import block_of
+from ..lora_ops.blocks import block_of, family_blocks
 from ..lora_ops.stack import LoraStack, StackRow, conflict_chart, conflicts, normalize_strengths, scaled
 from . import bridge
 from .images import image_tensor
@@ -147,9 +147,11 @@ class LoraLabConflicts:
     def analyse(self, model, lora_stack):
         planned = plan_stack(model, None, lora_stack)
         family = model_family_of(model)
+        shapes = bridge.weight_shapes(model.model)
         result = conflicts([p.row.lora_name for p in planned], [p.plan.model_entries for p in planned],
-                           lambda key: block_of(family, key), bridge.weight_shapes(model.model),
-                           base_of=lambda key: bridge.unpatched_weight(model.model, key))
+                           lambda key: block_of(family, key), shapes,
+                           base_of=lambda key: bridge.unpatched_weight(model.model, key),
+                           block_order=family_blocks(family, list(shapes)))
         report = result.to_text()
         chart = image_tensor(conflict_chart(result))
         return {"ui": {"text": [report]}, "result": (report, chart)}

@@ -285,7 +285,8 @@ class ComfyServer:
             raise FileNotFoundError(f"model file not found: {source}")
         name = name or source.name
         target = folder / name
-        if not target.resolve().is_relative_to(folder.resolve()):
+        # normalise ".." without following symlinks: an earlier run's link points into the cache
+        if not Path(os.path.abspath(target)).is_relative_to(Path(os.path.abspath(folder))):
             raise ValueError(f"model name {name!r} escapes {folder}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.exists():

@@ -51,7 +51,7 @@ def txt2img(checkpoint: str, prefix: str, *, lora: str | None = None, strength_m
     return g
 
 
-def _stack_nodes(g: dict, rows: list[tuple[str, float, float]]) -> list:
+def stack_nodes(g: dict, rows: list[tuple[str, float, float]]) -> list:
     """LoraLabStack nodes chained in ``g``; returns the link to the last one's LORA_STACK."""
     link = None
     for i, (name, sm, sc) in enumerate(rows):
@@ -67,7 +67,7 @@ def stack_txt2img(checkpoint: str, prefix: str, rows: list[tuple[str, float, flo
                   normalization: str = "none", sampling: Sampling = Sampling()) -> dict:
     """Checkpoint -> LoraLabStack x N -> LoraLabApplyStack -> the rest of :func:`txt2img`."""
     g = txt2img(checkpoint, prefix, sampling=sampling)
-    link = _stack_nodes(g, rows)
+    link = stack_nodes(g, rows)
     g["apply"] = {"class_type": "LoraLabApplyStack", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_stack": link, "normalization": normalization,
         "normalization_target": 1.0}}
@@ -77,13 +77,14 @@ def stack_txt2img(checkpoint: str, prefix: str, rows: list[tuple[str, float, flo
 
 
 def merge_and_save(checkpoint: str, rows: list[tuple[str, float, float]], output_name: str, *,
-                   method: str = "concat", rank: int = 0) -> dict:
+                   method: str = "concat", rank: int = 0, overwrite: bool = False) -> dict:
     """Checkpoint -> LoraLabStack x N -> LoraLabMerge -> LoraLabSave (a file in the loras folder)."""
     g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
-    link = _stack_nodes(g, rows)
+    link = stack_nodes(g, rows)
     g["merge"] = {"class_type": "LoraLabMerge", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_stack": link, "method": method, "rank": rank,
         "energy": 0.0, "density": 0.5, "seed": 0, "normalization": "none", "normalization_target": 1.0,
         "name": output_name}}
-    g["save"] = {"class_type": "LoraLabSave", "inputs": {"lora": ["merge", 0], "output_name": output_name}}
+    g["save"] = {"class_type": "LoraLabSave", "inputs": {"lora": ["merge", 0], "output_name": output_name,
+                                                         "overwrite": overwrite}}
     return g
