@@ -529,24 +529,30 @@ def bit_exact(result: dict[str, Any]) -> bool:
                for scenarios in result["devices"].values() for per in scenarios.values() for name in IMPLS)
 
 
-def full_size() -> dict[str, Any]:
-    """The benchmark as ``python -m bench`` runs it: full-size SD1.5 UNet, fp16, rank-32 LoRA."""
+def load_full_unet() -> tuple[Any, float]:
+    """The full-size SD1.5-architecture UNet in fp16 through core's checkpoint loader, and the seconds it took."""
     from testkit import models  # noqa: PLC0415
     from testkit.host import import_comfy, import_pack  # noqa: PLC0415
-
-    from .rank32_lora import ensure_lora  # noqa: PLC0415
 
     import_comfy()
     import_pack()
     import comfy.sd  # noqa: PLC0415
 
-    lora = ensure_lora()
     t0 = time.perf_counter()
     patcher, *_ = comfy.sd.load_checkpoint_guess_config(
         str(models.sd15_checkpoint()), output_vae=False, output_clip=False, output_clipvision=False,
         model_options={"dtype": torch.float16})
     load_s = time.perf_counter() - t0
     settle()
+    return patcher, load_s
+
+
+def full_size() -> dict[str, Any]:
+    """The benchmark as ``python -m bench`` runs it: full-size SD1.5 UNet, fp16, rank-32 LoRA."""
+    from .rank32_lora import ensure_lora  # noqa: PLC0415
+
+    lora = ensure_lora()
+    patcher, load_s = load_full_unet()
     result = run(patcher, lora)
     result["checkpoint_load_s"] = load_s
     result["model"]["family"] = type(patcher.model.model_config).__name__

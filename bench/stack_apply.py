@@ -9,13 +9,12 @@ memory and the bit-exact restore checks are those of :mod:`bench.lora_apply`.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
 from . import lora_apply
-from .lora_apply import Impl, Snapshot, bench_apply, check_half, settle
+from .lora_apply import Impl, Snapshot, bench_apply, check_half
 
 
 def _core_read(paths):
@@ -72,23 +71,12 @@ def run(patcher, paths, *, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
 
 
 def full_size() -> dict[str, Any]:
-    from testkit import models  # noqa: PLC0415
-    from testkit.host import import_comfy, import_pack  # noqa: PLC0415
-
     from .stack_loras import ensure_loras  # noqa: PLC0415
 
-    import_comfy()
-    import_pack()
-    import comfy.sd  # noqa: PLC0415
-
     paths = ensure_loras()
-    t0 = time.perf_counter()
-    patcher, *_ = comfy.sd.load_checkpoint_guess_config(
-        str(models.sd15_checkpoint()), output_vae=False, output_clip=False, output_clipvision=False,
-        model_options={"dtype": torch.float16})
-    settle()
+    patcher, load_s = lora_apply.load_full_unet()
     result = run(patcher, paths)
-    result["checkpoint_load_s"] = time.perf_counter() - t0
+    result["checkpoint_load_s"] = load_s
     apply = result["devices"]["cpu"]["apply"]
     result["notes"] = [f"{len(paths)} rank-8 LoRAs stacked; targets patched core {apply['core']['targets_patched']}, "
                        f"LoRA Lab {apply['lora_lab']['targets_patched']}; restores bit-exact: "

@@ -11,8 +11,8 @@ from pathlib import Path
 import folder_paths
 
 from ..lora_ops import LoadedLora, LoraPlan, host_family, load_lora, load_report, plan_lora
-from ..lora_ops.blocks import BlockWeights, block_table, load_user_presets, parse_block_weights
-from ..lora_ops.errors import LoraFileError
+from ..lora_ops.blocks import BlockWeights, block_table, list_presets, load_user_presets, parse_block_weights
+from ..lora_ops.errors import LoraFileError, LoraLabError
 from . import bridge
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,22 @@ class AppliedLora:
 def user_presets_path() -> Path:
     """User block-weight presets live in ComfyUI's user folder: ``<user>/lora_lab/block_presets.json``."""
     return Path(folder_paths.get_user_directory()) / "lora_lab" / "block_presets.json"
+
+
+def block_weights_tooltip() -> str:
+    """The ``block_weights`` tooltip: the syntax in brief and every preset, the user's own included."""
+    try:
+        user = load_user_presets(user_presets_path())
+    except LoraLabError as exc:
+        user, note = {}, f" (user presets not loaded: {exc.problem})"
+    else:
+        note = ""
+    lines = ["Per-block weights; empty means every block at 1. E.g. 'IN04-IN08=0.5, M00=0, OUT*=1', "
+             "'IN05.attn=0', a preset, or a 17/26/12/20/58/61-value vector."]
+    for family, label in (("sd1", "SD1.x"), ("sdxl", "SDXL"), ("flux", "Flux")):
+        lines.append(f"Presets ({label}): " + ", ".join(p.name for p in list_presets(family, user)))
+    lines.append(f"User presets: {user_presets_path()}{note}")
+    return "\n".join(lines)
 
 
 def resolve_block_weights(text: str, model, *, a: float | None = None, b: float | None = None,
@@ -137,8 +153,7 @@ class LoraLabLoader:
                 "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A file in models/loras."}),
                 "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
                 "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
-                "block_weights": ("STRING", {"default": "", "multiline": False,
-                                             "tooltip": "Per-block weights; empty means every block at 1."}),
+                "block_weights": ("STRING", {"default": "", "multiline": False, "tooltip": block_weights_tooltip()}),
             },
             "optional": {
                 "clip": ("CLIP",),

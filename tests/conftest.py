@@ -22,3 +22,15 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def sd15_host(comfy_server):
+    """The session's server with the full-size SD1.5 checkpoint and its fixture LoRAs linked in:
+    ``(server, checkpoint name, {fixture name: lora name}, {fixture name: Fixture})``."""
+    from testkit import fixtures, models
+
+    full = fixtures.build("sd15_full")
+    ckpt = comfy_server.add_checkpoint(models.sd15_checkpoint())
+    loras = {name: comfy_server.add_lora(fx.path) for name, fx in full.items()}
+    return comfy_server, ckpt, loras, full

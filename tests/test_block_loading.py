@@ -146,3 +146,19 @@ def test_bake_refuses_names_that_leave_the_folder_and_writes_nothing(fx, tmp_pat
         with pytest.raises(errors.LoraLabError, match="plain file name"):
             LoraLabBake().bake(model, "src.safetensors", "ALL", bad, clip=clip)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+def test_user_presets_from_the_user_folder_are_listed_and_used(fx, tmp_path, monkeypatch):
+    import json
+
+    import folder_paths
+
+    from lora_lab.nodes import loader
+
+    monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path))
+    (tmp_path / "lora_lab").mkdir()
+    (tmp_path / "lora_lab" / "block_presets.json").write_text(json.dumps({"FACEONLY": "*=0, IN04-IN05=1"}))
+    assert "FACEONLY" in LoraLabLoader.INPUT_TYPES()["required"]["block_weights"][1]["tooltip"]
+    model, _ = models.small_sd15()
+    bw = loader.resolve_block_weights("FACEONLY", model)
+    assert bw.vector["IN04"] == 1.0 and bw.vector["OUT05"] == 0.0

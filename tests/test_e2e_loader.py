@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testkit import fixtures, models
 from testkit.workflows import txt2img
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def host(comfy_server):
-    full = fixtures.build("sd15_full")
-    ckpt = comfy_server.add_checkpoint(models.sd15_checkpoint())
-    loras = {name: comfy_server.add_lora(fx.path) for name, fx in full.items()}
-    return comfy_server, ckpt, loras, full
 
 
 def _image(server, prompt) -> tuple[np.ndarray, dict]:
@@ -31,8 +22,8 @@ def _report(history) -> str:
     return history["outputs"]["lora"]["text"][0]
 
 
-def test_lora_changes_the_image_and_nothing_leaks_into_the_shared_model(host):
-    server, ckpt, loras, full = host
+def test_lora_changes_the_image_and_nothing_leaks_into_the_shared_model(sd15_host):
+    server, ckpt, loras, full = sd15_host
     plain, _ = _image(server, txt2img(ckpt, "e2e_plain"))
     with_lora, history = _image(server, txt2img(ckpt, "e2e_lora", lora=loras["kohya"], strength_model=1.0))
     assert np.abs(with_lora.astype(int) - plain.astype(int)).mean() > 1.0, "the LoRA did not change the image"
@@ -43,15 +34,15 @@ def test_lora_changes_the_image_and_nothing_leaks_into_the_shared_model(host):
     assert np.array_equal(again, plain), "the run after the LoRA run differs from the plain image"
 
 
-def test_diffusers_format_file_is_applied_fully_where_core_is_not(host):
-    server, ckpt, loras, full = host
+def test_diffusers_format_file_is_applied_fully_where_core_is_not(sd15_host):
+    server, ckpt, loras, full = sd15_host
     _, history = _image(server, txt2img(ckpt, "e2e_diffusers", lora=loras["diffusers"]))
     n = full["diffusers"].meta["file_targets"]
     assert f"targets: {n} of {n} applied" in _report(history)
 
 
-def test_strength_change_and_core_loraloader_alongside(host):
-    server, ckpt, loras, _ = host
+def test_strength_change_and_core_loraloader_alongside(sd15_host):
+    server, ckpt, loras, _ = sd15_host
     a, _ = _image(server, txt2img(ckpt, "e2e_s05", lora=loras["kohya"], strength_model=0.5))
     b, _ = _image(server, txt2img(ckpt, "e2e_s10", lora=loras["kohya"], strength_model=1.0))
     assert not np.array_equal(a, b)
@@ -63,8 +54,8 @@ def test_strength_change_and_core_loraloader_alongside(host):
     assert np.abs(both.astype(int) - ours_full.astype(int)).max() <= 2
 
 
-def test_block_weights_change_the_image_and_all_equals_the_plain_load(host):
-    server, ckpt, loras, _ = host
+def test_block_weights_change_the_image_and_all_equals_the_plain_load(sd15_host):
+    server, ckpt, loras, _ = sd15_host
     plain_lora, _ = _image(server, txt2img(ckpt, "e2e_bw_plain", lora=loras["kohya"]))
     all_blocks, _ = _image(server, txt2img(ckpt, "e2e_bw_all", lora=loras["kohya"], block_weights="ALL"))
     assert np.array_equal(all_blocks, plain_lora)

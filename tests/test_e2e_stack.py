@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testkit import fixtures, models
 from testkit.workflows import merge_and_save, stack_txt2img, txt2img
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def host(comfy_server):
-    full = fixtures.build("sd15_full")
-    ckpt = comfy_server.add_checkpoint(models.sd15_checkpoint())
-    loras = {name: comfy_server.add_lora(fx.path) for name, fx in full.items()}
-    return comfy_server, ckpt, loras
 
 
 def _image(server, prompt):
@@ -26,8 +17,8 @@ def _image(server, prompt):
     return np.asarray(Image.open(path).convert("RGB")).astype(int), history
 
 
-def test_stack_samples_and_its_concat_merge_gives_the_same_image(host):
-    server, ckpt, loras = host
+def test_stack_samples_and_its_concat_merge_gives_the_same_image(sd15_host):
+    server, ckpt, loras, _ = sd15_host
     rows = [(loras["kohya"], 0.7, 0.5), (loras["diffusers"], -0.4, 0.8)]
     plain, _ = _image(server, txt2img(ckpt, "e2e_stack_plain"))
     stacked, history = _image(server, stack_txt2img(ckpt, "e2e_stack", rows))
