@@ -157,6 +157,8 @@ class LoraLabLoader:
             },
             "optional": {
                 "clip": ("CLIP",),
+                "lora": ("LORA", {"tooltip": "A LoRA from another LoRA Lab node (a merge); used instead of "
+                                            "lora_name when connected."}),
                 "allow_other_family": ("BOOLEAN", {"default": False, "tooltip":
                                        "Apply the layers that fit even if the LoRA was made for another "
                                        "base model family."}),
@@ -164,10 +166,11 @@ class LoraLabLoader:
             },
         }
 
-    def load(self, model, lora_name, strength_model, strength_clip, block_weights="", clip=None,
+    def load(self, model, lora_name, strength_model, strength_clip, block_weights="", clip=None, lora=None,
              allow_other_family=False, block_a=1.0, block_b=1.0, block_seed=0):
         weights = resolve_block_weights(block_weights, model, a=block_a, b=block_b, seed=block_seed)
-        lora = cached_lora(resolve_lora_path(lora_name))
+        if lora is None:
+            lora = cached_lora(resolve_lora_path(lora_name))
         applied = apply_lora(model, clip, lora, strength_model, strength_clip, allow_other_family=allow_other_family,
                              block_weights=weights)
         log.info("LoRA Lab: %s", applied.report.replace("\n", " | "))

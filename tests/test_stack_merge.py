@@ -133,3 +133,19 @@ def test_save_refuses_escaping_names_and_existing_files(loras):
         LoraLabSave().save(lora, "../outside")
     with pytest.raises(errors.LoraLabError, match="already exists"):
         LoraLabSave().save(lora, "kohya")
+
+
+def test_a_merged_lora_value_goes_straight_into_the_loader(loras):
+    from lora_lab.nodes.loader import LoraLabLoader
+
+    model, clip = models.small_sd15()
+    stack = _stack(PLAIN)
+    live_model, live_clip, _ = LoraLabApplyStack().apply(model, stack, "none", 1.0, clip=clip)["result"]
+    live = _both(model, clip, live_model, live_clip)
+    lora, _ = _merge(model, clip, stack, "concat")
+    # lora_name is ignored when a LORA value is connected
+    new_model, new_clip, report = LoraLabLoader().load(model, "kohya.safetensors", 1.0, 1.0, clip=clip, lora=lora)["result"]
+    assert report.startswith("LoRA: m")
+    got = _both(model, clip, new_model, new_clip)
+    for k in live:
+        torch.testing.assert_close(got[k], live[k], rtol=1e-4, atol=2e-5)
