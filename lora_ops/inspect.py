@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from .adapters import Adapter, algorithm_name, dora_delta
+from .adapters import Adapter, dora_delta
 from .blocks import block_of, compact_names, family_blocks, normalize_family
 from .errors import LoraLabError, NonFiniteError
 from .families import family_label, same_family

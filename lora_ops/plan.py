@@ -42,6 +42,12 @@ class LoadedLora:
             return self.display_name
         return self.file.path.name if self.file.path else "LoRA"
 
+    def content_sha256(self) -> str:
+        """SHA-256 of the file, computed once per loaded file (loaders cache ``LoadedLora`` values)."""
+        if not self.sha256 and self.file.path is not None:
+            self.sha256 = file_sha256(self.file.path)
+        return self.sha256
+
 
 def load_lora(path: str | os.PathLike) -> LoadedLora:
     path = Path(path)

@@ -6,11 +6,9 @@ import re
 from pathlib import Path
 
 import folder_paths
-import torch
 
 from ..lora_ops.bake import bake_plan, kohya_metadata, network_module_for
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.plan import file_sha256
 from ..lora_ops.safeio import write_safetensors_atomic
 from . import bridge
 from .loader import BLOCK_EXTRA_INPUTS, apply_lora, cached_lora, model_family_of, resolve_block_weights, resolve_lora_path
@@ -66,26 +64,20 @@ class LoraLabBake:
         out_path = lora_output_path(output_name, overwrite=overwrite)
         weights = resolve_block_weights(block_weights, model, a=block_a, b=block_b, seed=block_seed)
         source = resolve_lora_path(lora_name)
-        applied = apply_lora(model, clip, cached_lora(source), 1.0, 1.0, block_weights=weights)
+        lora = cached_lora(source)
+        applied = apply_lora(model, clip, lora, 1.0, 1.0, block_weights=weights)
         family = model_family_of(model)
-        names = bridge.kohya_names(bridge.model_key_map(model.model),
-                                   bridge.clip_key_map(clip) if clip is not None else None, family)
+        names = bridge.kohya_names_for(model, clip, family)
         plan = applied.plan
 
         def name_of(entry):
             return names.get(entry.target.key) or entry.module.replace(".", "_")
 
-        model_keys = set(bridge.weight_shapes(model.model))
-
-        def base_weight(key):
-            module = model.model if key in model_keys else clip.cond_stage_model
-            return bridge.unpatched_weight(module, key).to(torch.float32)
-
         entries = plan.model_entries + plan.clip_entries
-        tensors = bake_plan(entries, name_of, base_weight)
+        tensors = bake_plan(entries, name_of, bridge.base_weight_lookup(model, clip))
         meta = kohya_metadata(
             family=family, rank_values=[e.adapter.rank for e in entries], network_module=network_module_for(entries),
-            extra={"lora_lab.baked_from": Path(source).name, "lora_lab.baked_from_sha256": file_sha256(source),
+            extra={"lora_lab.baked_from": Path(source).name, "lora_lab.baked_from_sha256": lora.content_sha256(),
                    "lora_lab.block_weights": weights.describe() if weights is not None else ""})
         write_safetensors_atomic(tensors, out_path, meta)
         report = f"baked {len(entries)} targets ({len(plan.skipped_zero)} at weight 0 left out) into {out_path.name}\n"

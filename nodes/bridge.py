@@ -150,6 +150,22 @@ def _is_ldm_name(name: str, key: str) -> bool:
     return name == "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
 
 
+def kohya_names_for(model, clip, family: str | None) -> dict[str, str]:
+    """:func:`kohya_names` from the key maps of ``model`` and (optionally) ``clip``."""
+    return kohya_names(model_key_map(model.model), clip_key_map(clip) if clip is not None else None, family)
+
+
+def base_weight_lookup(model, clip):
+    """``key -> fp32 weight without LoRA Lab's deltas``, for model and text-encoder keys alike (DoRA bases)."""
+    model_keys = set(weight_shapes(model.model))
+
+    def lookup(key: str) -> torch.Tensor:
+        module = model.model if key in model_keys or clip is None else clip.cond_stage_model
+        return unpatched_weight(module, key).to(torch.float32)
+
+    return lookup
+
+
 def unpatched_weight(module: torch.nn.Module, key: str) -> torch.Tensor:
     """The weight as it is without LoRA Lab's deltas (from the backup while a clone is applied)."""
     backup = _ACTIVE.get(module)

@@ -5,30 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from ..lora_ops.bake import kohya_metadata, lora_state_dict, network_module_for
 from ..lora_ops.families import FamilyGuess
 from ..lora_ops.formats import ParsedLora
 from ..lora_ops.merge import PatchEntry
-from ..lora_ops.plan import LoadedLora, file_sha256
+from ..lora_ops.plan import LoadedLora
 from ..lora_ops.safeio import LoraFile, write_safetensors_atomic
 from ..lora_ops.stackmerge import METHODS, merge_stack
 from . import bridge
 from .bake import lora_output_path
-from .loader import model_family_of, resolve_lora_path
+from .loader import model_family_of
 from .stack import NORMALIZATIONS, plan_stack, stack_entries
 
 
 def merged_lora(model, clip, merged, planned, *, method: str, normalization: str, name: str) -> LoadedLora:
     """The merge result as a ``LORA`` value: kohya module names, provenance in its metadata."""
     family = model_family_of(model)
-    names = bridge.kohya_names(bridge.model_key_map(model.model),
-                               bridge.clip_key_map(clip) if clip is not None else None, family)
+    names = bridge.kohya_names_for(model, clip, family)
     modules = {names.get(layer.key, layer.key): layer.adapter for layer in merged.layers}
     biases = {names.get(layer.key.replace(".bias", ".weight"), layer.key): layer.adapter
               for layer in merged.bias_layers}
-    sources = [{"name": p.row.lora_name, "sha256": file_sha256(resolve_lora_path(p.row.lora_name)),
+    sources = [{"name": p.row.lora_name, "sha256": p.lora.content_sha256(),
                 "strength_model": p.row.strength_model, "strength_clip": p.row.strength_clip,
                 "block_weights": p.row.block_weights} for p in planned]
     metadata = kohya_metadata(
@@ -76,17 +74,11 @@ class LoraLabMerge:
               name, clip=None):
         planned = plan_stack(model, clip, lora_stack)
         model_entries, clip_entries, line = stack_entries(model, planned, normalization, normalization_target)
-        model_shapes = bridge.weight_shapes(model.model)
-        shapes = dict(model_shapes)
+        shapes = bridge.weight_shapes(model.model)
         if clip is not None:
             shapes.update(bridge.weight_shapes(clip.cond_stage_model))
-
-        def base_of(key):
-            module = model.model if key in model_shapes else clip.cond_stage_model
-            return bridge.unpatched_weight(module, key).to(torch.float32)
-
         merged = merge_stack(model_entries + clip_entries, method, rank=rank, energy=energy, density=density,
-                             seed=seed, base_of=base_of, shape_of=shapes.__getitem__)
+                             seed=seed, base_of=bridge.base_weight_lookup(model, clip), shape_of=shapes.__getitem__)
         lora = merged_lora(model, clip, merged, planned, method=method, normalization=normalization, name=name)
         report = "\n".join(x for x in (f"{len(planned)} LoRAs: " + ", ".join(p.row.lora_name for p in planned),
                                        line, merged.to_text()) if x)
