@@ -11,6 +11,8 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,18 +103,27 @@ def read_lora_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Lo
     return LoraFile(tensors=tensors, metadata=metadata, path=path, size_bytes=size)
 
 
-def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                             metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder, then rename."""
+@contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary name in ``path``'s folder to write to; renamed to ``path`` when the block succeeds,
+    removed when it fails, so ``path`` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata or {})
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                             metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata or {})
     return path

@@ -22,13 +22,16 @@ import weakref
 from collections.abc import MutableMapping
 
 import torch
-from comfy.patcher_extension import CallbacksMP, PatcherInjection
+from comfy.patcher_extension import CallbacksMP, PatcherInjection, WrappersMP
 
+from ..lora_ops.batched import BatchedDelta, LayerCall, add_row_deltas
+from ..lora_ops.errors import LoraLabError
 from ..lora_ops.merge import PatchEntry, apply_patches, restore_weights
 
 log = logging.getLogger(__name__)
 
 INJECTION_KEY = "lora_lab"
+ROW_STRENGTH_KEY = "lora_lab_row_strengths"
 
 # torch module -> backup of the weights our deltas replaced (see module docstring)
 _ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
@@ -172,3 +175,41 @@ def unpatched_weight(module: torch.nn.Module, key: str) -> torch.Tensor:
     if backup is not None and key in backup:
         return backup[key]
     return module.get_parameter(key).detach()
+
+
+def with_row_strengths(patcher, deltas: dict[str, BatchedDelta], strengths: list[float]):
+    """A clone whose forward adds ``strengths[b] * dW x`` to every layer in ``deltas``, per latent ``b``.
+
+    The sweep's batched mode (``lora_ops.batched``). Weights are not touched: an ``APPLY_MODEL``
+    wrapper hooks the layers for the duration of each model call and unhooks them after, so nothing
+    stays on the shared module. ComfyUI's sampler calls the model with cond and uncond (and any
+    other conds) concatenated, each a whole copy of the latent batch, so model-batch row ``i``
+    belongs to latent ``i % len(strengths)``.
+    """
+    clone = patcher.clone()
+    strengths_t = torch.tensor([float(s) for s in strengths], dtype=torch.float32)
+    root = patcher.model
+    layers = {}
+    for key in deltas:
+        module = root.get_submodule(key.rsplit(".", 1)[0])
+        layers[key] = (module, LayerCall.of(module))
+
+    def wrapper(executor, x, *args, **kwargs):
+        n = strengths_t.numel()
+        if x.shape[0] % n:
+            raise LoraLabError(f"the sampler called the model with a batch of {x.shape[0]}, not a multiple of the "
+                               f"{n} sweep cells.", "set batch_mode to repatch for this sampler or model.")
+        coef = strengths_t.repeat(x.shape[0] // n).to(x.device)
+        handles = []
+        try:
+            for key, (module, call) in layers.items():
+                delta = deltas[key]
+                handles.append(module.register_forward_hook(
+                    lambda mod, inputs, output, d=delta, c=call: add_row_deltas(output, inputs[0], d, c, coef)))
+            return executor(x, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, ROW_STRENGTH_KEY, wrapper)
+    return clone

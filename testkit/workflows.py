@@ -88,3 +88,22 @@ def merge_and_save(checkpoint: str, rows: list[tuple[str, float, float]], output
     g["save"] = {"class_type": "LoraLabSave", "inputs": {"lora": ["merge", 0], "output_name": output_name,
                                                          "overwrite": overwrite}}
     return g
+
+
+def sweep(checkpoint: str, lora: str, prefix: str = "lora_lab/sweep", *, weight_start: float = 0.5,
+          weight_end: float = 1.0, weight_count: int = 2, include_reference: bool = True, axis: str = "none",
+          axis_values: str = "", lora_b: str | None = None, batch_mode: str = "auto",
+          sampling: Sampling = Sampling()) -> dict:
+    """Checkpoint -> LoraLabSweep (the grid is saved by the node itself)."""
+    s = sampling
+    inputs = {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "lora_name": lora,
+        "positive": s.positive, "negative": s.negative, "seed": s.seed, "steps": s.steps, "cfg": s.cfg,
+        "sampler_name": s.sampler, "scheduler": s.scheduler, "width": s.width, "height": s.height,
+        "weight_start": weight_start, "weight_end": weight_end, "weight_count": weight_count,
+        "include_reference": include_reference, "block_weights": "", "axis": axis, "axis_values": axis_values,
+        "batch_mode": batch_mode, "filename_prefix": prefix}
+    if lora_b:
+        inputs["lora_name_b"] = lora_b
+    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+            "sweep": {"class_type": "LoraLabSweep", "inputs": inputs}}

@@ -1,0 +1,238 @@
+"""Per-sample LoRA strengths in the forward pass: the weight sweep's batched kernel.
+
+A sweep renders one LoRA at several strengths with the same noise. Instead of patching the model
+once per strength, every strength runs in one batch and each batch row ``b`` gets its own strength
+``s_b`` inside the layers the LoRA touches::
+
+    y_b = W x_b + s_b * dW x_b
+
+For a low-rank adapter ``dW = scale * up @ down`` the extra term is two thin products,
+``up (down x_b)`` (two small convolutions for LoCon: the ``down`` kernel with the layer's stride and
+padding, then a 1x1 ``up``), so the cost is a rank-r forward per layer. LoHa, LoKr, full diffs and
+DoRA are formed once as a weight-shaped delta (DoRA normalised against the base weight, exactly as
+:func:`lora_ops.merge.apply_patches` merges it) and applied as ``F.linear``/``F.conv`` of that delta.
+
+Rows whose strength is 0 are skipped (not multiplied by 0), so a reference row sees exactly
+``W x``. Everything runs in the activations' dtype and device (fp16 on a GPU), with the factors
+cast once per dtype/device and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import dora_delta
+from .merge import PatchEntry
+
+# weight key -> fp32 base weight (for DoRA, and for the shape of fused targets)
+BaseLookup = Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """How the host layer maps its input to its output: ``linear`` or ``conv`` with its geometry."""
+
+    kind: str  # "linear" | "conv"
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] | str = (0,)
+    dilation: tuple[int, ...] = (1,)
+    groups: int = 1
+
+    @staticmethod
+    def of(module: torch.nn.Module) -> LayerCall:
+        """The call geometry of a torch ``Linear`` or ``Conv1d/2d/3d`` (or a subclass of one)."""
+        if isinstance(module, torch.nn.Linear):
+            return LayerCall("linear")
+        if isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed:
+            if module.padding_mode != "zeros":
+                raise ValueError(f"padding_mode '{module.padding_mode}' is not supported by the batched sweep")
+            return LayerCall("conv", tuple(module.stride), module.padding, tuple(module.dilation), module.groups)
+        raise ValueError(f"{type(module).__name__} is neither a Linear nor a Conv layer")
+
+    @property
+    def feature_dim(self) -> int:
+        return -1 if self.kind == "linear" else 1
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, layer: LayerCall, *, geometry: bool = True) -> torch.Tensor:
+    """``conv{1,2,3}d(x, weight)`` with the layer's stride/padding/dilation (or a plain 1x1 one)."""
+    fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
+    if not geometry:
+        return fn(x, weight)
+    return fn(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+@dataclass
+class _LowRank:
+    up: torch.Tensor    # (out, r), scale and block factor folded in
+    down: torch.Tensor  # (r, in * prod(kernel))
+    offset: tuple[int, int, int] | None = None
+
+
+@dataclass
+class BatchedDelta:
+    """Everything one layer adds on top of ``W x`` at strength 1, ready for :func:`add_row_deltas`.
+
+    ``low_rank``: factor pairs applied as ``up (down x)``; ``full``: one weight-shaped delta (sum of
+    the adapters that are not low-rank); ``bias``: per-output-channel delta of the layer's bias.
+    """
+
+    key: str
+    weight_shape: torch.Size
+    low_rank: list[_LowRank] = field(default_factory=list)
+    full: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    _cast: dict = field(default_factory=dict, repr=False)
+
+    def nbytes(self, dtype: torch.dtype = torch.float16) -> int:
+        """Memory the prepared tensors take once cast to ``dtype``."""
+        size = torch.empty((), dtype=dtype).element_size()
+        n = sum(p.up.numel() + p.down.numel() for p in self.low_rank)
+        n += self.full.numel() if self.full is not None else 0
+        n += self.bias.numel() if self.bias is not None else 0
+        return n * size
+
+    def _on(self, device: torch.device, dtype: torch.dtype):
+        key = (device, dtype)
+        hit = self._cast.get(key)
+        if hit is None:
+            cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+            hit = ([(cast(p.up), cast(p.down), p.offset) for p in self.low_rank], cast(self.full), cast(self.bias))
+            self._cast[key] = hit
+        return hit
+
+    def output(self, x: torch.Tensor, layer: LayerCall, out_shape: torch.Size) -> torch.Tensor:
+        """``dW x`` (+ bias delta) for the rows of ``x``, shaped like the layer's output for them."""
+        low_rank, full, bias = self._on(x.device, x.dtype)
+        out = x.new_zeros(out_shape)
+        for up, down, offset in low_rank:
+            if layer.kind == "linear":
+                d = F.linear(F.linear(x, down), up)
+            else:
+                kernel = self.weight_shape[2:]
+                in_ch = down.shape[1] // max(math.prod(kernel), 1)
+                h = _conv(x, down.reshape(down.shape[0], in_ch, *kernel), layer)
+                d = _conv(h, up.reshape(*up.shape, *[1] * len(kernel)), layer, geometry=False)
+            target = out if offset is None else out.narrow(layer.feature_dim, offset[1], offset[2])
+            target.add_(d)
+        if full is not None:
+            out.add_(F.linear(x, full) if layer.kind == "linear" else _conv(x, full, layer))
+        if bias is not None:
+            shape = [1] * out.dim()
+            shape[layer.feature_dim] = bias.numel()
+            out.add_(bias.reshape(shape))
+        return out
+
+
+def add_row_deltas(y: torch.Tensor, x: torch.Tensor, delta: BatchedDelta, layer: LayerCall,
+                   coef: torch.Tensor) -> None:
+    """``y[b] += coef[b] * (dW x[b])`` in place, for every batch row ``b`` whose ``coef`` is non-zero.
+
+    ``y``: the layer's output ``(B, ...)``; ``x``: its input; ``coef: (B,)`` the per-row strength.
+    """
+    rows = torch.nonzero(coef).flatten()
+    if rows.numel() == 0:
+        return
+    if rows.numel() == coef.numel():
+        xs, c = x, coef
+    else:
+        xs, c = x.index_select(0, rows), coef.index_select(0, rows)
+    d = delta.output(xs, layer, torch.Size([xs.shape[0], *y.shape[1:]]))
+    d.mul_(c.to(d.dtype).reshape(-1, *[1] * (d.dim() - 1)))
+    if rows.numel() == coef.numel():
+        y.add_(d.to(y.dtype))
+    else:
+        y.index_add_(0, rows, d.to(y.dtype))
+
+
+def prepare_deltas(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size],
+                   base: BaseLookup | None = None) -> dict[str, BatchedDelta]:
+    """Group ``entries`` by layer into :class:`BatchedDelta` values at strength 1 (times each entry's
+    own strength, i.e. its block-weight factor). ``shapes`` gives each weight's shape; ``base`` the
+    unpatched weight for DoRA. Module path of a delta = its key without ``.weight``.
+    """
+    out: dict[str, BatchedDelta] = {}
+    with torch.no_grad():
+        for e in entries:
+            if e.strength == 0.0:
+                continue
+            key = e.target.key
+            shape = torch.Size(shapes[key])
+            d = out.setdefault(key, BatchedDelta(key=key, weight_shape=shape))
+            a = e.adapter
+            if e.is_bias:
+                b = a.delta(torch.Size([shape[0]])) * e.strength
+                d.bias = b if d.bias is None else d.bias + b
+                continue
+            offset = e.target.offset
+            lr = a.low_rank() if a.magnitude is None else None
+            if lr is not None and (offset is None or offset[0] == 0):
+                up, down, scale = lr
+                d.low_rank.append(_LowRank(up.float() * (scale * e.strength), down.float(), offset))
+                continue
+            part_shape = shape if offset is None else _narrowed(shape, offset)
+            if a.magnitude is not None:
+                if base is None:
+                    raise ValueError("DoRA needs the base weights (pass base=...)")
+                w0 = base(key)
+                w0 = w0 if offset is None else w0.narrow(*offset)
+                part = dora_delta(w0.float(), a)
+            else:
+                part = a.delta(part_shape)
+            part = part.float() * e.strength
+            if offset is not None:
+                whole = torch.zeros(shape)
+                whole.narrow(*offset).copy_(part)
+                part = whole
+            d.full = part if d.full is None else d.full + part
+    return out
+
+
+def _narrowed(shape: torch.Size, offset: tuple[int, int, int]) -> torch.Size:
+    dim, _, length = offset
+    return torch.Size(list(shape[:dim]) + [length] + list(shape[dim + 1:]))
+
+
+def merge_overflow_weights(base: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
+    """The strengths at which ``base + w * delta`` first rounds to infinity in ``dtype``.
+
+    Returns ``(w_up, w_down)``: the smallest ``w > 0`` and the largest ``w < 0`` (``inf``/``-inf``
+    when none). Rounding to infinity happens at ``max + ulp(max) / 2`` (65520 for fp16). Used by the
+    sweep to say at which weight merging this LoRA into a half-precision model would make NaNs.
+    """
+    info = torch.finfo(dtype)
+    limit = info.max + info.eps * 2.0 ** math.floor(math.log2(info.max)) / 2
+    b, d = base.double().flatten(), delta.double().flatten()
+    nz = d != 0
+    if not bool(nz.any()):
+        return math.inf, -math.inf
+    b, d = b[nz], d[nz]
+    # w * d crosses +limit - b or -limit - b; for each element, the crossing strengths on each side
+    t1, t2 = (limit - b) / d, (-limit - b) / d
+    pos = torch.where(t1 > 0, t1, torch.full_like(t1, math.inf)).min().item()
+    pos = min(pos, torch.where(t2 > 0, t2, torch.full_like(t2, math.inf)).min().item())
+    neg = torch.where(t1 < 0, t1, torch.full_like(t1, -math.inf)).max().item()
+    neg = max(neg, torch.where(t2 < 0, t2, torch.full_like(t2, -math.inf)).max().item())
+    return pos, neg
+
+
+def overflow_weights(deltas: dict[str, BatchedDelta], base: BaseLookup, dtype: torch.dtype) -> dict[str, tuple[float, float]]:
+    """:func:`merge_overflow_weights` for every layer, from the prepared deltas (one layer at a time)."""
+    out = {}
+    with torch.no_grad():
+        for key, d in deltas.items():
+            w0 = base(key).float()
+            dw = torch.zeros_like(w0)
+            flat = dw.reshape(dw.shape[0], -1)
+            for p in d.low_rank:
+                view = flat if p.offset is None else flat.narrow(0, p.offset[1], p.offset[2])
+                view.addmm_(p.up, p.down)
+            if d.full is not None:
+                dw.add_(d.full.reshape(dw.shape))
+            out[key] = merge_overflow_weights(w0, dw, dtype)
+    return out

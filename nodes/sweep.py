@@ -1,0 +1,479 @@
+"""``LoraLabSweep``: one LoRA at several weights with the same seed, in one sampler batch, with metrics.
+
+The host glue of the sweep: it plans the LoRA once (``lora_ops.plan``), renders the reference with
+the plain model (so it is the very image core ``KSampler`` makes), renders each row's LoRA cells as
+one batch with a per-row strength inside the forward pass (``bridge.with_row_strengths``), or, when
+memory does not allow a batch, cell by cell through the fused merge (``bridge.with_patches``). The
+checks, metrics, break point and grid are host-free (``lora_ops.sweep``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+from PIL import Image
+
+from ..lora_ops import family_label
+from ..lora_ops.batched import BatchedDelta, overflow_weights, prepare_deltas
+from ..lora_ops.errors import LoraLabError
+from ..lora_ops.merge import HALF_DTYPES, PatchEntry
+from ..lora_ops.plan import LoadedLora
+from ..lora_ops.stack import LoraStack
+from ..lora_ops.sweep import (AXES, BREAK_RULE, Cell, SweepInputError, break_point, check_budget, compose_grid,
+                              flags_of, measure_row, metrics_chart, parse_axis, sweep_weights)
+from ..lora_ops.safeio import atomic_target
+from . import bridge
+from .images import image_tensor
+from .loader import BLOCK_EXTRA_INPUTS, cached_lora, model_family_of, plan_for, resolve_block_weights, resolve_lora_path
+from .stack import plan_stack, stack_entries
+
+log = logging.getLogger(__name__)
+
+NO_LORA = "(none)"
+BATCH_MODES = ["auto", "batched", "repatch"]
+
+
+@dataclass
+class RowSpec:
+    """One row of the grid: its label, prompt, the swept LoRA's plan for it, and what is fixed in it."""
+
+    label: str
+    positive: str
+    model_entries: list[PatchEntry]  # the swept LoRA at strength 1 (block factors folded in)
+    clip_entries: list[PatchEntry]
+    fixed_model: list[PatchEntry] = field(default_factory=list)  # other stack rows, LoRA B at the row's strength
+    fixed_clip: list[PatchEntry] = field(default_factory=list)
+
+
+def _scaled(entries: list[PatchEntry], factor: float) -> list[PatchEntry]:
+    return [replace(e, strength=e.strength * factor) for e in entries]
+
+
+def _encode(clip, text: str):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def _clip_with(clip, entries: list[PatchEntry]):
+    if not entries:
+        return clip
+    c = clip.clone()
+    c.patcher = bridge.with_patches(clip.patcher, entries)
+    return c
+
+
+def _batch_conditioning(conds: list) -> list:
+    """Per-cell conditionings (batch 1 each) as one conditioning whose batch row ``i`` is cell ``i``."""
+    first = conds[0]
+    if all(c is first for c in conds):
+        return first
+    out = []
+    for i, (tensor, extra) in enumerate(first):
+        if any(len(c) != len(first) for c in conds):
+            raise LoraLabError("the cells' text conditionings differ in structure.", "set batch_mode to repatch.")
+        merged = dict(extra)
+        for k, v in extra.items():
+            if isinstance(v, torch.Tensor) and v.shape[:1] == (1,):
+                merged[k] = torch.cat([c[i][1][k] for c in conds])
+        out.append([torch.cat([c[i][0] for c in conds]), merged])
+    return out
+
+
+def _slice_conditioning(cond: list, start: int, stop: int) -> list:
+    out = []
+    for tensor, extra in cond:
+        if tensor.shape[0] == 1:
+            out.append([tensor, extra])
+            continue
+        sliced = {k: (v[start:stop] if isinstance(v, torch.Tensor) and v.shape[:1] == tensor.shape[:1] else v)
+                  for k, v in extra.items()}
+        out.append([tensor[start:stop], sliced])
+    return out
+
+
+class _Progress:
+    """One progress bar over every sampler call of the sweep, with latent previews; cancel is checked
+    by ComfyUI's progress hook at every step."""
+
+    def __init__(self, model, total: int):
+        self.total = max(total, 1)
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def callback(self, steps: int):
+        offset = self.done
+        self.done += steps
+
+        def cb(step, x0, x, total_steps):
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
+            self.bar.update_absolute(offset + step + 1, self.total, preview)
+        return cb
+
+
+class LoraLabSweep:
+    """Render a LoRA at weight_start ... weight_end with the same seed next to a no-LoRA reference."""
+
+    DESCRIPTION = ("Renders one LoRA at several weights (0.1 ... 1.0 by default) with the same seed and noise, next "
+                   "to a no-LoRA reference, all cells of a row in one sampler batch; measures each cell (SSIM/PSNR "
+                   "against the reference and the previous weight, NaN/black/saturated/overflow flags), names the "
+                   "break point, and saves a labelled grid with a JSON report. Optional second axis: prompts, block "
+                   "presets, or the strength of a second LoRA.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "sweep"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE", "IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("grid", "images", "chart", "report")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = folder_paths.get_filename_list("loras")
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP",),
+                "vae": ("VAE",),
+                "lora_name": (loras, {"tooltip": "The LoRA to sweep (ignored when lora or lora_stack is connected)."}),
+                "positive": ("STRING", {"default": "", "multiline": True}),
+                "negative": ("STRING", {"default": "", "multiline": True}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+                "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8}),
+                "weight_start": ("FLOAT", {"default": 0.1, "min": -10.0, "max": 10.0, "step": 0.01}),
+                "weight_end": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                         "tooltip": "May be below weight_start: the sweep then runs downwards."}),
+                "weight_count": ("INT", {"default": 10, "min": 1, "max": 64}),
+                "include_reference": ("BOOLEAN", {"default": True, "tooltip": "A no-LoRA column (weight 0)."}),
+                "block_weights": ("STRING", {"default": "", "tooltip": "Block weights of the swept LoRA "
+                                                                      "(same syntax as LoRA Lab Loader)."}),
+                "axis": (list(AXES), {"default": "none", "tooltip":
+                                      "Second axis (rows): prompts, block presets, or the strength of LoRA B."}),
+                "axis_values": ("STRING", {"default": "", "multiline": True, "tooltip":
+                                           "One prompt / block preset per line, or LoRA B strengths '0.3, 0.5, 0.7'."}),
+            },
+            "optional": {
+                "lora": ("LORA", {"tooltip": "A LoRA from another LoRA Lab node, swept instead of lora_name."}),
+                "lora_stack": ("LORA_STACK", {"tooltip": "Its last enabled row is swept; the other rows are applied "
+                                                         "at their strengths in every cell."}),
+                "lora_name_b": ([NO_LORA] + loras, {"tooltip": "LoRA B for axis = lora_b_strength."}),
+                "sweep_clip": ("BOOLEAN", {"default": True, "tooltip": "The text encoder takes the cell's weight "
+                                                                       "too (as LoraLoader with both strengths)."}),
+                "batch_mode": (BATCH_MODES, {"default": "auto", "tooltip":
+                               "batched: a row's cells in one sampler batch; repatch: one cell at a time through "
+                               "the fused merge; auto: batched in chunks that fit memory, else repatch."}),
+                "max_batch": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Cells per sampler batch "
+                                                                                   "(0: as many as fit)."}),
+                "filename_prefix": ("STRING", {"default": "lora_lab/sweep"}),
+                "allow_other_family": ("BOOLEAN", {"default": False}),
+                **BLOCK_EXTRA_INPUTS,
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def sweep(self, model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name, scheduler,
+              width, height, weight_start, weight_end, weight_count, include_reference, block_weights, axis,
+              axis_values, lora=None, lora_stack=None, lora_name_b=NO_LORA, sweep_clip=True, batch_mode="auto",
+              max_batch=0, filename_prefix="lora_lab/sweep", allow_other_family=False, block_a=1.0, block_b=1.0,
+              block_seed=0, prompt=None, extra_pnginfo=None):
+        started = time.perf_counter()
+        # --- every check before anything is sampled -------------------------------------------------
+        weights = sweep_weights(weight_start, weight_end, weight_count)
+        row_values = parse_axis(axis, axis_values)
+        if width % 8 or height % 8:
+            raise SweepInputError(f"width/height {width}x{height} are not multiples of 8.", "use multiples of 8.")
+        if batch_mode not in BATCH_MODES:
+            raise SweepInputError(f"batch_mode '{batch_mode}' is not one of {', '.join(BATCH_MODES)}.", "pick one.")
+        cols = len(weights) + (1 if include_reference else 0)
+        check_budget(cols, len(row_values), width, height)
+        swept, swept_name, swept_bw, fixed_model, fixed_clip = self._resolve_lora(
+            model, clip, lora_name, lora, lora_stack, block_weights)
+        rows = self._plan_rows(model, clip, swept, swept_bw, row_values, axis, positive, lora_name_b,
+                               allow_other_family, (block_a, block_b, block_seed), fixed_model, fixed_clip)
+        shapes = bridge.weight_shapes(model.model)
+        base = bridge.base_weight_lookup(model, clip)
+        deltas = [prepare_deltas(r.model_entries, shapes, base) for r in rows]
+        limits = [self._overflow_limits(model, d, base) for d in deltas]
+        mode, chunk = self._choose_mode(model, batch_mode, max_batch, len(weights), width, height, deltas)
+
+        # --- sampling --------------------------------------------------------------------------------
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, height // 8, width // 8]))
+        noise = comfy.sample.prepare_noise(latent, seed)
+        sample = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed)
+        calls_per_row = (1 if include_reference else 0) + (math.ceil(len(weights) / chunk) if mode != "repatch"
+                                                           else len(weights))
+        progress = _Progress(model, steps * calls_per_row * len(rows))
+        neg_plain = _encode(clip, negative)
+        images: list[torch.Tensor] = []
+        cells: list[list[Cell]] = []
+        ref_cache: dict = {}
+        for r, row in enumerate(rows):
+            row_start = progress.done
+            row_model = bridge.with_patches(model, row.fixed_model) if row.fixed_model else model
+            row_clip = _clip_with(clip, row.fixed_clip)
+            row_cells: list[Cell] = []
+            reference = None
+            if include_reference:
+                # one reference per distinct (fixed LoRAs, prompt): block-preset rows share the plain one
+                key = (tuple((id(e.adapter), e.strength) for e in row.fixed_model), row.positive)
+                if key not in ref_cache:
+                    neg = _encode(row_clip, negative) if row.fixed_clip else neg_plain
+                    lat = self._sample(row_model, noise, latent, _encode(row_clip, row.positive), neg, sample,
+                                       progress.callback(steps))
+                    ref_cache[key] = self._decode(vae, lat)[0]
+                finite, reference = ref_cache[key]
+                images.append(reference)
+                row_cells.append(Cell(r, 0, None, "no LoRA", len(images) - 1, flags_of(reference, finite)))
+            conds = self._cell_conds(row_clip, row, weights, negative, sweep_clip)
+            todo = [i for i, w in enumerate(weights) if limits[r][1] < w < limits[r][0]]
+            rendered: dict[int, tuple[bool, torch.Tensor]] = {}
+            if mode == "repatch":
+                for i in todo:
+                    cell_model = bridge.with_patches(row_model, _scaled(row.model_entries, weights[i]))
+                    lat = self._sample(cell_model, noise, latent, conds[i][0], conds[i][1], sample,
+                                       progress.callback(steps))
+                    rendered[i] = self._decode(vae, lat)[0]
+            else:
+                for start in range(0, len(todo), chunk):
+                    part = todo[start:start + chunk]
+                    cell_model = bridge.with_row_strengths(row_model, deltas[r], [weights[i] for i in part])
+                    pos = _batch_conditioning([conds[i][0] for i in part])
+                    neg = _batch_conditioning([conds[i][1] for i in part])
+                    k = len(part)
+                    lat = self._sample(cell_model, noise.repeat(k, 1, 1, 1), latent.repeat(k, 1, 1, 1), pos, neg,
+                                       sample, progress.callback(steps))
+                    rendered.update(zip(part, self._decode(vae, lat)))
+            progress.done = row_start + steps * calls_per_row
+            for i, w in enumerate(weights):
+                col = i + (1 if include_reference else 0)
+                if i in rendered:
+                    finite, img = rendered[i]
+                    images.append(img)
+                    row_cells.append(Cell(r, col, w, f"{w:g}", len(images) - 1, flags_of(img, finite)))
+                else:  # merging at this weight overflows the half-precision weights: not rendered
+                    images.append(_placeholder(height, width))
+                    row_cells.append(Cell(r, col, w, f"{w:g}", len(images) - 1, ["overflow"]))
+            measure_row(row_cells, dict(enumerate(images)), reference)
+            cells.append(row_cells)
+
+        # --- report, grid, chart, files ----------------------------------------------------------------
+        breaks = [break_point(rc) for rc in cells]
+        col_labels = (["no LoRA"] if include_reference else []) + [f"{w:g}" for w in weights]
+        row_labels = [row.label for row in rows]
+        family = model_family_of(model)
+        dtype = str(next(model.model.diffusion_model.parameters()).dtype).replace("torch.", "")
+        title = (f"{swept_name}  |  seed {seed}  |  {family_label(family)} ({dtype})  |  {sampler_name}/{scheduler}, "
+                 f"{steps} steps, cfg {cfg:g}")
+        pil = [[None if "overflow" in c.flags else _pil(images[c.image_index]) for c in rc] for rc in cells]
+        grid, geometry = compose_grid(pil, col_labels, row_labels, title, [[c.flags for c in rc] for rc in cells],
+                                      [bp[0].col if bp else None for bp in breaks], (width, height))
+        chart = metrics_chart(weights, cells, row_labels, breaks, swept_name)
+        report = {
+            "lora": swept_name, "sha256": swept.content_sha256() if swept.file.path else None,
+            "model_family": family, "model_dtype": dtype, "seed": seed, "steps": steps, "cfg": cfg,
+            "sampler": sampler_name, "scheduler": scheduler, "width": width, "height": height,
+            "weights": weights, "include_reference": include_reference, "block_weights": swept_bw,
+            "axis": axis, "rows": [{"label": row.label, "positive": row.positive} for row in rows],
+            "sweep_clip": sweep_clip,
+            "mode": mode if mode == "repatch" else f"batched ({chunk} cells per sampler batch)",
+            "overflow_weight": [{"above": None if math.isinf(lim[0]) else round(lim[0], 6),
+                                 "below": None if math.isinf(lim[1]) else round(lim[1], 6)} for lim in limits],
+            "cells": [c.as_dict() for rc in cells for c in rc],
+            "break_points": [None if bp is None else {"row": bp[0].row, "col": bp[0].col, "weight": bp[0].weight,
+                                                      "reason": bp[1]} for bp in breaks],
+            "break_rule": BREAK_RULE,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        saved = self._save(grid, report, filename_prefix, prompt, extra_pnginfo)
+        report["grid_file"] = saved
+        text = json.dumps(report, indent=1)
+        first_break = next((bp for bp in report["break_points"] if bp), None)
+        log.info("LoRA Lab sweep of %s: %d cells in %.1f s (%s); break point: %s", swept_name,
+                 sum(len(rc) for rc in cells), report["seconds"], report["mode"],
+                 first_break["reason"] if first_break else "none")
+        ui_payload = {
+            "grid": saved, "layout": geometry.as_dict(),
+            "columns": [{"label": lab, "weight": (None if include_reference and i == 0 else
+                                                  weights[i - (1 if include_reference else 0)])}
+                        for i, lab in enumerate(col_labels)],
+            "rows": [{"label": lab} for lab in row_labels],
+            "cells": report["cells"], "break_point": first_break, "mode": report["mode"],
+        }
+        return {"ui": {"images": [saved], "lora_lab_sweep": [ui_payload]},
+                "result": (image_tensor(grid), torch.stack(images), image_tensor(chart), text)}
+
+    # --- planning --------------------------------------------------------------------------------------
+
+    def _resolve_lora(self, model, clip, lora_name, lora, lora_stack, block_weights):
+        """The swept LoRA, its name, block weights, and the fixed entries of the other stack rows."""
+        fixed_model: list[PatchEntry] = []
+        fixed_clip: list[PatchEntry] = []
+        if lora is not None:
+            return lora, lora.name, block_weights, fixed_model, fixed_clip
+        if lora_stack is not None:
+            rows = lora_stack.enabled
+            if not rows:
+                raise SweepInputError("the connected lora_stack has no enabled rows.",
+                                      "enable a row, or disconnect lora_stack to sweep lora_name.")
+            last = rows[-1]
+            if len(rows) > 1:
+                planned = plan_stack(model, clip, LoraStack(tuple(rows[:-1])))
+                fixed_model, fixed_clip, _ = stack_entries(model, planned, "none", 1.0)
+            swept = cached_lora(resolve_lora_path(last.lora_name))
+            return swept, last.lora_name, block_weights or last.block_weights, fixed_model, fixed_clip
+        swept = cached_lora(resolve_lora_path(lora_name))
+        return swept, lora_name, block_weights, fixed_model, fixed_clip
+
+    def _plan_rows(self, model, clip, swept: LoadedLora, swept_bw: str, row_values: list[str], axis: str,
+                   positive: str, lora_name_b: str, allow_other_family: bool, block_extra, fixed_model, fixed_clip
+                   ) -> list[RowSpec]:
+        a, b, bseed = block_extra
+        lora_b = None
+        if axis == "lora_b_strength":
+            if not lora_name_b or lora_name_b == NO_LORA:
+                raise SweepInputError("axis is lora_b_strength but no lora_name_b is chosen.",
+                                      "pick LoRA B in lora_name_b, or set axis to none.")
+            lora_b = cached_lora(resolve_lora_path(lora_name_b))
+            plan_b, _ = plan_for(model, clip, lora_b, 1.0, 1.0, allow_other_family)
+        rows = []
+        plans: dict[str, tuple] = {}
+        for value in row_values:
+            bw_text = value if axis == "block_presets" else swept_bw
+            if bw_text not in plans:
+                bw = resolve_block_weights(bw_text, model, a=a, b=b, seed=bseed)
+                plan, _ = plan_for(model, clip, swept, 1.0, 1.0, allow_other_family, bw)
+                if not plan.model_entries and not plan.clip_entries:
+                    raise SweepInputError(f"with block weights '{bw_text}' nothing of {swept.name} is applied.",
+                                          "check the block weights: every block is at 0.")
+                plans[bw_text] = (plan.model_entries, plan.clip_entries)
+            m_entries, c_entries = plans[bw_text]
+            row = RowSpec(label=value, positive=value if axis == "prompts" else positive, model_entries=m_entries,
+                          clip_entries=c_entries, fixed_model=list(fixed_model), fixed_clip=list(fixed_clip))
+            if lora_b is not None:
+                s = float(value)
+                row.label = f"{lora_b.name} {s:g}"
+                row.fixed_model += _scaled(plan_b.model_entries, s)
+                row.fixed_clip += _scaled(plan_b.clip_entries, s)
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _overflow_limits(model, deltas: dict[str, BatchedDelta], base) -> tuple[float, float]:
+        """Weights beyond which merging this LoRA into the model's half-precision weights overflows."""
+        params = dict(model.model.named_parameters())
+        half = {k: d for k, d in deltas.items() if params[k].dtype in HALF_DTYPES}
+        if not half:
+            return math.inf, -math.inf
+        dtype = params[next(iter(half))].dtype
+        limits = overflow_weights(half, base, dtype).values()
+        return min(lim[0] for lim in limits), max(lim[1] for lim in limits)
+
+    @staticmethod
+    def _choose_mode(model, batch_mode: str, max_batch: int, n: int, width: int, height: int,
+                     deltas: list[dict[str, BatchedDelta]]) -> tuple[str, int]:
+        """``(mode, cells per batch)``: the requested mode, or for ``auto`` the largest batch that fits."""
+        if batch_mode == "repatch":
+            return "repatch", 1
+        chunk = min(max_batch or n, n)
+        if batch_mode == "batched":
+            return "batched", chunk
+        device = model.load_device
+        free = mm.get_free_memory(device)
+        extra = max(sum(d.nbytes(torch.float16) for d in row.values()) for row in deltas)
+        if not mm.loaded_models() or model.model not in [m.model for m in mm.loaded_models()]:
+            free -= model.model_size()
+        per_cell = model.memory_required([2, 4, height // 8, width // 8])
+        fits = int(max(free - extra, 0) * 0.8 // max(per_cell, 1))
+        if fits < 2 and n > 1:
+            return "repatch", 1
+        return "batched", max(1, min(chunk, fits))
+
+    def _cell_conds(self, row_clip, row: RowSpec, weights: list[float], negative: str, sweep_clip: bool):
+        """(positive, negative) per cell: encoded with the LoRA's text-encoder part at the cell's weight."""
+        if not row.clip_entries:
+            both = (_encode(row_clip, row.positive), _encode(row_clip, negative))
+            return [both] * len(weights)
+        if not sweep_clip:
+            c = _clip_with(row_clip, row.clip_entries)
+            both = (_encode(c, row.positive), _encode(c, negative))
+            return [both] * len(weights)
+        out = []
+        for w in weights:
+            c = _clip_with(row_clip, _scaled(row.clip_entries, w))
+            out.append((_encode(c, row.positive), _encode(c, negative)))
+        return out
+
+    # --- sampling, decoding, saving ----------------------------------------------------------------------
+
+    @staticmethod
+    def _sample(model, noise, latent, positive, negative, s: dict, callback):
+        mm.throw_exception_if_processing_interrupted()
+        return comfy.sample.sample(model, noise, s["steps"], s["cfg"], s["sampler_name"], s["scheduler"], positive,
+                                   negative, latent, denoise=1.0, callback=callback,
+                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=s["seed"])
+
+    @staticmethod
+    def _decode(vae, latent: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
+        """Decoded images ``(H, W, 3)`` with whether each latent was finite."""
+        finite = [bool(torch.isfinite(x).all()) for x in latent]
+        images = vae.decode(latent)
+        if images.dim() == 5:  # video VAEs: (B, T, H, W, C); a sweep shows the first frame
+            images = images[:, 0]
+        return [(f, img.float().cpu()) for f, img in zip(finite, images)]
+
+    @staticmethod
+    def _save(grid: Image.Image, report: dict, prefix: str, prompt, extra_pnginfo) -> dict:
+        """The grid PNG (with the workflow, as core SaveImage embeds it) and the JSON report next to it."""
+        from comfy.cli_args import args
+        from PIL.PngImagePlugin import PngInfo
+
+        output_dir = folder_paths.get_output_directory()
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir, grid.width,
+                                                                                  grid.height)
+        metadata = None
+        if not args.disable_metadata:
+            metadata = PngInfo()
+            if prompt is not None:
+                metadata.add_text("prompt", json.dumps(prompt))
+            for k, v in (extra_pnginfo or {}).items():
+                metadata.add_text(k, json.dumps(v))
+            metadata.add_text("lora_lab_sweep", json.dumps({k: v for k, v in report.items() if k != "cells"}))
+        name = f"{filename}_{counter:05}_.png"
+        path = os.path.join(folder, name)
+        with atomic_target(path) as tmp:
+            grid.save(tmp, format="PNG", pnginfo=metadata, compress_level=4)
+        saved = {"filename": name, "subfolder": subfolder, "type": "output"}
+        with atomic_target(path[:-4] + ".json") as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({**report, "grid_file": saved}, fh, indent=1)
+        return saved
+
+
+def _placeholder(height: int, width: int) -> torch.Tensor:
+    """A dark red image for a cell that was not rendered (keeps the image batch aligned with the cells)."""
+    img = torch.zeros((height, width, 3))
+    img[..., 0] = 0.35
+    return img
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    arr = (torch.nan_to_num(image, nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(arr)
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabSweep": LoraLabSweep}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabSweep": "LoRA Lab Weight Sweep"}
