@@ -22,6 +22,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import latent_preview
+import numpy as np
 import torch
 from PIL import Image
 
@@ -190,6 +191,18 @@ class LoraLabSweep:
               axis_values, lora=None, lora_stack=None, lora_name_b=NO_LORA, sweep_clip=True, batch_mode="auto",
               max_batch=0, filename_prefix="lora_lab/sweep", allow_other_family=False, block_a=1.0, block_b=1.0,
               block_seed=0, prompt=None, extra_pnginfo=None):
+        # ComfyUI runs nodes in inference mode; so does a direct call (a script, the bench)
+        with torch.inference_mode():
+            return self._sweep(model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name,
+                               scheduler, width, height, weight_start, weight_end, weight_count, include_reference,
+                               block_weights, axis, axis_values, lora, lora_stack, lora_name_b, sweep_clip,
+                               batch_mode, max_batch, filename_prefix, allow_other_family, block_a, block_b,
+                               block_seed, prompt, extra_pnginfo)
+
+    def _sweep(self, model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name, scheduler,
+               width, height, weight_start, weight_end, weight_count, include_reference, block_weights, axis,
+               axis_values, lora, lora_stack, lora_name_b, sweep_clip, batch_mode, max_batch, filename_prefix,
+               allow_other_family, block_a, block_b, block_seed, prompt, extra_pnginfo):
         started = time.perf_counter()
         # --- every check before anything is sampled -------------------------------------------------
         weights = sweep_weights(weight_start, weight_end, weight_count)
@@ -208,10 +221,10 @@ class LoraLabSweep:
         base = bridge.base_weight_lookup(model, clip)
         deltas = [prepare_deltas(r.model_entries, shapes, base) for r in rows]
         limits = [self._overflow_limits(model, d, base) for d in deltas]
-        mode, chunk = self._choose_mode(model, batch_mode, max_batch, len(weights), width, height, deltas)
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, height // 8, width // 8]))
+        mode, chunk = self._choose_mode(model, batch_mode, max_batch, len(weights), latent.shape, deltas)
 
         # --- sampling --------------------------------------------------------------------------------
-        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, height // 8, width // 8]))
         noise = comfy.sample.prepare_noise(latent, seed)
         sample = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed)
         calls_per_row = (1 if include_reference else 0) + (math.ceil(len(weights) / chunk) if mode != "repatch"
@@ -383,7 +396,7 @@ class LoraLabSweep:
         return min(lim[0] for lim in limits), max(lim[1] for lim in limits)
 
     @staticmethod
-    def _choose_mode(model, batch_mode: str, max_batch: int, n: int, width: int, height: int,
+    def _choose_mode(model, batch_mode: str, max_batch: int, n: int, latent_shape: torch.Size,
                      deltas: list[dict[str, BatchedDelta]]) -> tuple[str, int]:
         """``(mode, cells per batch)``: the requested mode, or for ``auto`` the largest batch that fits."""
         if batch_mode == "repatch":
@@ -396,7 +409,7 @@ class LoraLabSweep:
         extra = max(sum(d.nbytes(torch.float16) for d in row.values()) for row in deltas)
         if not mm.loaded_models() or model.model not in [m.model for m in mm.loaded_models()]:
             free -= model.model_size()
-        per_cell = model.memory_required([2, 4, height // 8, width // 8])
+        per_cell = model.memory_required([2, *latent_shape[1:]])  # cond + uncond of one cell
         fits = int(max(free - extra, 0) * 0.8 // max(per_cell, 1))
         if fits < 2 and n > 1:
             return "repatch", 1
@@ -471,7 +484,8 @@ def _placeholder(height: int, width: int) -> torch.Tensor:
 
 
 def _pil(image: torch.Tensor) -> Image.Image:
-    arr = (torch.nan_to_num(image, nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    """8-bit pixels converted exactly as core ``SaveImage`` converts them (so a cell equals its saved image)."""
+    arr = np.clip(255.0 * torch.nan_to_num(image, nan=0.0).cpu().numpy(), 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
 
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from testkit import fixtures, models  # noqa: E402
 from testkit.host import ComfyServer, copy_outputs  # noqa: E402
-from testkit.workflows import Sampling, merge_and_save, stack_nodes, stack_txt2img, txt2img  # noqa: E402
+from testkit.workflows import Sampling, merge_and_save, stack_nodes, stack_txt2img, sweep, txt2img  # noqa: E402
 
 DEMO_OUTPUT = REPO_ROOT / "demo-output"
 DEMO_HOST = REPO_ROOT / ".cache" / "demo-host"
@@ -74,6 +74,37 @@ def diagnostics_workflow(checkpoint: str, lora: str, rows) -> dict:
     return g
 
 
+def sweep_demo(server: ComfyServer, ckpt: str, names: dict[str, str]) -> bool:
+    """The headline: a LoRA at 0.1 ... 1.0 next to a no-LoRA reference in one batch, with its metrics
+    chart, then a two-LoRA grid (kohya file across, the diffusers file's strength down)."""
+    import json
+    import shutil
+
+    print("1. LoraLabSweep: the kohya LoRA at 0.1 ... 1.0 plus a no-LoRA reference, same seed, one batch:")
+    g = sweep(ckpt, names["kohya"], "demo_sweep", weight_start=0.1, weight_end=1.0, weight_count=10,
+              sampling=SAMPLING)
+    g["chart"] = {"class_type": "SaveImage", "inputs": {"images": ["sweep", 2], "filename_prefix": "demo_sweep_chart"}}
+    files, history = run_workflow(server, g, "sweep")
+    payload = history["outputs"]["sweep"]["lora_lab_sweep"][0]
+    report = json.loads((server.output_dir / payload["grid"]["subfolder"] / payload["grid"]["filename"])
+                        .with_suffix(".json").read_text())
+    shutil.copy(server.output_dir / payload["grid"]["subfolder"] / Path(payload["grid"]["filename"]).with_suffix(".json"),
+                DEMO_OUTPUT / "sweep_report.json")
+    print(f"   mode: {report['mode']}; {report['seconds']:.1f} s for {len(report['cells'])} cells")
+    for cell in report["cells"]:
+        m = cell["metrics"]
+        if cell["weight"] is not None:
+            print(f"   weight {cell['weight']:>4}: change vs reference {m['change_ref']:.3f}, vs previous "
+                  f"{m['change_prev']:.3f}, PSNR {m['psnr_ref']:.1f} dB {' '.join(cell['flags'])}")
+    bp = report["break_points"][0]
+    print(f"   break point: {bp['reason'] if bp else 'none found (no flag, no jump)'}")
+    print("2. LoraLabSweep, two LoRAs: kohya across, diffusers-format LoRA at 0.3 / 0.7 down:")
+    g = sweep(ckpt, names["kohya"], "demo_sweep_2d", weight_start=0.3, weight_end=1.0, weight_count=3,
+              axis="lora_b_strength", axis_values="0.3, 0.7", lora_b=names["diffusers"], sampling=SAMPLING)
+    run_workflow(server, g, "sweep_2d")
+    return len(report["cells"]) == 11
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     DEMO_OUTPUT.mkdir(exist_ok=True)
@@ -86,32 +117,33 @@ def main() -> int:
         names = {key: server.add_lora(fx.path) for key, fx in loras.items()}
         print(f"ComfyUI up at {server.url} after {server.startup_seconds:.1f} s (log: {server.log_path})")
 
-        print("1. no LoRA:")
+        swept = sweep_demo(server, ckpt, names)
+        print("3. no LoRA:")
         (plain,), _ = run_workflow(server, txt2img(ckpt, "demo_plain", sampling=SAMPLING), "plain")
         cells = [("no LoRA", plain)]
         for strength in (0.5, 1.0, 1.5):
-            print(f"2. LoraLabLoader, kohya file, strength {strength}:")
+            print(f"4. LoraLabLoader, kohya file, strength {strength}:")
             (img,), history = run_workflow(
                 server, txt2img(ckpt, f"demo_kohya_{strength}", lora=names["kohya"], strength_model=strength,
                                 sampling=SAMPLING), f"kohya_strength_{strength}")
             cells.append((f"kohya x{strength}", img))
         print("   report:\n    " + history["outputs"]["lora"]["text"][0].replace("\n", "\n    "))
-        print("3. LoraLabLoader, diffusers-format file (core LoraLoader skips its attention layers):")
+        print("5. LoraLabLoader, diffusers-format file (core LoraLoader skips its attention layers):")
         (img,), history = run_workflow(
             server, txt2img(ckpt, "demo_diffusers", lora=names["diffusers"], sampling=SAMPLING), "diffusers")
         cells.append(("diffusers x1.0", img))
         print("   report:\n    " + history["outputs"]["lora"]["text"][0].replace("\n", "\n    "))
-        print("4. no LoRA again (must equal image 1: nothing leaked into the shared model):")
+        print("6. no LoRA again (must equal image 1: nothing leaked into the shared model):")
         (again,), _ = run_workflow(server, txt2img(ckpt, "demo_plain_again", sampling=SAMPLING), "plain_again")
         same = Image.open(again).tobytes() == Image.open(plain).tobytes()
         print(f"   identical to the first no-LoRA image: {same}")
         cells.append(("no LoRA again", again))
 
         rows = [(names["kohya"], 0.7, 0.5), (names["diffusers"], -0.4, 0.8)]
-        print("5. LoraLabStack x2 -> LoraLabApplyStack (one patch pass):")
+        print("7. LoraLabStack x2 -> LoraLabApplyStack (one patch pass):")
         (stacked,), history = run_workflow(server, stack_txt2img(ckpt, "demo_stack", rows, sampling=SAMPLING), "stack")
         cells.append(("stack", stacked))
-        print("6. the same stack merged (concat, exact) and saved, then loaded with LoraLabLoader:")
+        print("8. the same stack merged (concat, exact) and saved, then loaded with LoraLabLoader:")
         saved = server.run_prompt(merge_and_save(ckpt, rows, "demo_merged_concat", overwrite=True))
         print("   " + saved["outputs"]["save"]["text"][0])
         (merged,), _ = run_workflow(server, txt2img(ckpt, "demo_merged", lora="demo_merged_concat.safetensors",
@@ -119,13 +151,13 @@ def main() -> int:
         diff = np.abs(np.asarray(Image.open(merged), dtype=int) - np.asarray(Image.open(stacked), dtype=int)).max()
         print(f"   largest pixel difference between the merged file's image and the stack's: {diff}")
         cells.append(("merged file", merged))
-        print("7. LoraLabInspect (against the model) and LoraLabConflicts charts:")
+        print("9. LoraLabInspect (against the model) and LoraLabConflicts charts:")
         run_workflow(server, diagnostics_workflow(ckpt, names["kohya"], rows), "charts")
 
     strip = labelled_strip(cells, f"LoRA Lab loader, seed {SAMPLING.seed}, synthetic SD1.5 (random weights)",
                            DEMO_OUTPUT / "loader_strip.png")
     print(f"summary picture: {strip.relative_to(REPO_ROOT)}  ({time.monotonic() - t0:.0f} s in all)")
-    return 0 if same and diff <= 2 else 1
+    return 0 if same and diff <= 2 and swept else 1
 
 
 if __name__ == "__main__":

@@ -71,3 +71,17 @@ def test_same_bits_sees_one_ulp():
     assert same_bits(a, a.clone())
     assert not same_bits(a, torch.tensor([1.0, 0.0], dtype=torch.float16))  # -0.0 == 0.0 but not the same bits
     assert not same_bits(a, torch.nextafter(a, torch.full_like(a, 2.0)))
+
+
+def test_sweep_bench_runs_both_sides_and_they_agree():
+    """The sweep benchmark's code path at a tiny size: both sides render the same images."""
+    import_pack()
+    from bench import sweep
+    from testkit import models
+
+    lora = fixtures.build("sd15_full")["kohya"].path
+    result = sweep.run(models.sd15_checkpoint(), lora, settings={"cpu": {"size": 64, "steps": 1}}, weights=[0.5, 1.0])
+    r = result["devices"]["cpu"]
+    assert r["core_s"] > 0 and r["lora_lab_s"] > 0 and r["mode"].startswith("batched")
+    assert r["reference_bit_exact"] and r["max_pixel_diff"] < 1e-3
+    assert sweep.ratios(result)[0]["ratio"] > 0

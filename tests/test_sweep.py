@@ -242,3 +242,28 @@ def test_lora_that_overflows_fp16_above_a_known_weight(host, tmp_path):
         assert torch.isfinite(_core_image(host, [(name, 0.8)], model=model16)).all()
         assert not torch.isfinite(_core_image(host, [(name, 0.9)], model=model16)).all()
     assert folder.exists()
+
+
+def test_auto_mode_fits_the_batch_to_free_memory(host, monkeypatch):
+    """auto: the whole row when memory allows, chunks when it does not, cell by cell below two cells."""
+    import comfy.model_management as mm
+
+    from lora_lab.nodes.sweep import LoraLabSweep
+
+    model = host["model"]
+    shape = torch.Size([1, 4, 8, 8])
+    per_cell = model.memory_required([2, 4, 8, 8])
+    base = model.model_size()
+
+    monkeypatch.setattr(mm, "loaded_models", lambda *a, **k: [])  # the model still has to be loaded
+
+    def mode_with(free):
+        monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: free)
+        return LoraLabSweep._choose_mode(model, "auto", 0, 10, shape, [{}])
+
+    assert mode_with(base + 1000 * per_cell) == ("batched", 10)
+    mode, chunk = mode_with(base + 5 * per_cell)
+    assert mode == "batched" and 1 < chunk < 10
+    assert mode_with(0) == ("repatch", 1)
+    assert LoraLabSweep._choose_mode(model, "batched", 3, 10, shape, [{}]) == ("batched", 3)
+    assert LoraLabSweep._choose_mode(model, "repatch", 0, 10, shape, [{}]) == ("repatch", 1)
