@@ -2,11 +2,12 @@
 #   make test                                   # all tests (pytest testpaths = tests)
 #   make test PYTEST_ARGS="tests/test_host.py"  # extra pytest arguments / narrower selection
 #   COMFYUI_PATH=/path/to/ComfyUI make test     # test against another ComfyUI install
+#   make test-web                               # only the front end's tests (tests/test_web*.py)
 
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench
+.PHONY: setup test test-web demo bench
 
 setup:
 	bash scripts/setup_env.sh
@@ -14,6 +15,9 @@ setup:
 # No path given -> pytest collects `testpaths` from pyproject.toml (tests/), i.e. `pytest tests -q`.
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+test-web: setup
+	$(PYTHON) -m pytest -q tests/test_web*.py $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) scripts/demo.py

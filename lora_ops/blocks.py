@@ -459,7 +459,9 @@ def _discover_blocks(family: str, model_keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(seen, key=sort_key))
 
 
-def _family_spec(family: str | None, model_keys: Iterable[str] | None) -> _FamilySpec:
+def family_spec(family: str | None, model_keys: Iterable[str] | None) -> _FamilySpec:
+    """A family's blocks, text encoders and vector dialects (by length); ``model_keys`` lets the general
+    rule discover the blocks of a family without a built-in map."""
     norm = normalize_family(family)
     label = _family_label(family)
     encoders = _ENCODERS[norm]
@@ -484,11 +486,11 @@ def _family_spec(family: str | None, model_keys: Iterable[str] | None) -> _Famil
 
 def family_blocks(family: str | None, model_keys: Iterable[str] | None = None) -> list[str]:
     """Every entry of ``family`` in order: BASE, its text encoders, its model blocks."""
-    return list(_family_spec(family, model_keys).order)
+    return list(family_spec(family, model_keys).order)
 
 
 def accepted_vector_lengths(family: str | None, model_keys: Iterable[str] | None = None) -> list[int]:
-    return sorted(_family_spec(family, model_keys).dialects)
+    return sorted(family_spec(family, model_keys).dialects)
 
 
 # --- rules and the result ------------------------------------------------------------------------
@@ -946,7 +948,7 @@ class _Parser:
             accepted = accepted or "none without the model's keys"
             other = []
             for fam in ("sd1", "sdxl", "flux"):
-                dialects = _family_spec(fam, None).dialects
+                dialects = family_spec(fam, None).dialects
                 if fam != self.spec.key and n in dialects:
                     other.append(f"{FAMILY_LABELS[fam]} ({dialects[n].title})")
             hint = f" {n} values is the vector length for {other[0]}." if other else ""
@@ -1081,7 +1083,7 @@ def parse_block_weights(text: str, family: str | None, *, a: float | None = None
                                     f"set {name} to a number such as 0.5.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise BlockWeightsError(f"The seed must be an integer, got {seed!r}.", "set seed to a whole number.")
-    spec = _family_spec(family, model_keys)
+    spec = family_spec(family, model_keys)
     presets = _builtin_table()
     for name, syntax in (user_presets or {}).items():
         presets.setdefault(name.upper(), (syntax, None))

