@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import lora_apply, stack_apply, sweep
+from . import lora_apply, stack_apply, sweep, train
 
 # name -> (run the benchmark -> raw result, raw result -> table rows)
 BENCHMARKS: dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], list[dict[str, Any]]]]] = {
     "lora_apply": (lora_apply.full_size, lora_apply.ratios),
     "stack_apply": (stack_apply.full_size, stack_apply.ratios),
     "sweep": (sweep.full_size, sweep.ratios),
+    "train": (train.full_size, train.ratios),
 }

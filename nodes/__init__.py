@@ -1,8 +1,8 @@
 """ComfyUI nodes of LoRA Lab: thin adapters between ComfyUI objects and ``lora_ops``."""
 
-from . import bake, inspect, loader, merge, stack, sweep
+from . import bake, inspect, loader, merge, stack, sweep, train
 
-_FEATURES = (loader, stack, merge, bake, inspect, sweep)
+_FEATURES = (loader, stack, merge, bake, inspect, sweep, train)
 
 NODE_CLASS_MAPPINGS = {k: v for m in _FEATURES for k, v in m.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in _FEATURES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

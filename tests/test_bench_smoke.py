@@ -73,6 +73,28 @@ def test_same_bits_sees_one_ulp():
     assert not same_bits(a, torch.nextafter(a, torch.full_like(a, 2.0)))
 
 
+def test_train_bench_runs_both_paths_on_the_small_model():
+    """``bench.train`` on the small SD1.5 model and VAE, one timed step: every figure and ratio present."""
+    import_pack()
+    from bench import train as bench_train
+    from testkit.small_vae import small_vae
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            patcher, clip = models.small_sd15()
+            vae = small_vae()
+        result = bench_train.run(patcher, clip, vae, steps=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result["impls"]) == {"core", "lora_lab_locon_all", "lora_lab_lora_attn_mlp"}
+    for figures in result["impls"].values():
+        assert figures["steps_per_s"] > 0 and figures["peak_extra_bytes"] > 0
+    rows = bench_train.ratios(result)
+    assert len(rows) == 4 and all(r["ratio"] is not None and r["ratio"] > 0 for r in rows)
+
+
 def test_sweep_bench_runs_both_sides_and_they_agree():
     """The sweep benchmark's code path at a tiny size: both sides render the same images."""
     import_pack()

@@ -1,0 +1,272 @@
+"""``LoraLabTrain``: train a LoRA on the model in the graph, save it where loaders look, prove the file
+reproduces the previews.
+
+The node checks every input first (:func:`prepare`: nothing is written before training starts), runs
+``train.session.run_training``, then loads the saved file back through ``LoraLabLoader``'s path and
+through core ``LoraLoader`` and renders the last preview's prompt and seed with both, to report how far
+each is from the live-adapter preview (:func:`parity`). Its MODEL output is the saved file applied
+through ``LoraLabLoader``'s path.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+
+import folder_paths
+import torch
+
+from ..lora_ops.chart import line_chart, stack, text_panel
+from ..lora_ops.errors import LoraLabError
+from ..lora_ops.families import family_label
+from ..lora_ops.plan import load_lora
+from ..train import host
+from ..train.checkpoint import read_checkpoint
+from ..train.data import TrainDataError, assign_sizes, images_from_batch, images_from_folder
+from ..train.parity import image_difference
+from ..train.session import TrainPlan, TrainResult, run_training
+from ..train.settings import (ALGORITHMS, MAX_RANK, MAX_STEPS, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULES, TARGETS,
+                              TRAINING_DTYPES, TrainSettings, TrainSettingsError)
+from . import bridge
+from .bake import lora_output_path
+from .images import image_tensor
+from .loader import apply_lora, model_family_of, resolve_block_weights, resolve_lora_path
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FAMILIES = ("sd1",)
+NO_RESUME = "none"
+
+
+def _resolve_folder(text: str) -> Path:
+    path = Path(text.strip()).expanduser()
+    if not path.is_absolute():
+        path = Path(folder_paths.get_input_directory()) / path
+    return path
+
+
+def checkpoint_path_fn(output_path: Path):
+    stem = output_path.name[: -len(".safetensors")]
+    return lambda step: output_path.with_name(f"{stem}-step{step:06d}.safetensors")
+
+
+def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", image_folder: str = "",
+            resume_from: str = NO_RESUME, overwrite: bool = False) -> TrainPlan:
+    """Check every input and return the plan; raises a :class:`LoraLabError` and writes nothing otherwise."""
+    resume, notes = None, []
+    if resume_from and resume_from != NO_RESUME:
+        resume = read_checkpoint(resolve_lora_path(resume_from))
+        settings = settings.resumed(resume.settings)
+        if settings.steps <= resume.step:
+            raise TrainSettingsError(f"'{resume_from}' has already been trained for {resume.step} steps; steps is "
+                                     f"{settings.steps}.", f"set steps above {resume.step} to train on.")
+        if settings.steps > settings.schedule_steps:
+            # Training on past the end of a finished run: stretch the schedule instead of training at LR 0.
+            notes.append(f"the LR schedule now ends at step {settings.steps} (it ended at {settings.schedule_steps})")
+            settings.schedule_steps = settings.steps
+    settings.validate()
+    family = model_family_of(model)
+    if family not in SUPPORTED_FAMILIES:
+        raise LoraLabError(f"LoraLabTrain trains SD1.x models only; this model is {family_label(family)}.",
+                           "connect an SD1.x checkpoint (SD 1.4/1.5 and their fine-tunes).")
+    if images is not None and image_folder.strip():
+        raise TrainDataError("Both an IMAGE batch and image_folder are given.",
+                             "connect images (with captions) or set image_folder, not both.")
+    if images is not None or not image_folder.strip():
+        train_images = images_from_batch(images, captions)
+    else:
+        train_images = images_from_folder(_resolve_folder(image_folder))
+    sizes = assign_sizes(train_images, settings.resolution, settings.buckets)
+    if resume is not None and resume.metadata.get("ss_num_train_images") not in (None, str(len(train_images))):
+        notes.append(f"the checkpoint was trained on {resume.metadata['ss_num_train_images']} images, this run has "
+                     f"{len(train_images)}")
+
+    output_path = lora_output_path(settings.output_name, overwrite=overwrite)
+    settings.output_name = output_path.name[: -len(".safetensors")]
+    checkpoint_path = checkpoint_path_fn(output_path)
+    if not overwrite:
+        stale = sorted(glob.glob(glob.escape(str(output_path.with_name(settings.output_name))) + "-step*.safetensors"))
+        if stale:
+            raise LoraLabError(f"Checkpoints of an earlier run named '{settings.output_name}' are in the loras folder "
+                               f"(e.g. {Path(stale[0]).name}).", "pick another output name, or enable overwrite.")
+    block_factor = None
+    if settings.targets == "block selection":
+        block_factor = resolve_block_weights(settings.target_blocks, model).factor
+    return TrainPlan(settings=settings, images=train_images, sizes=sizes, family=family,
+                     kohya_names=bridge.kohya_names_for(model, None, family), output_path=output_path,
+                     checkpoint_path=checkpoint_path, base_model=type(model.model.model_config).__name__,
+                     block_factor=block_factor, resume=resume, notes=notes)
+
+
+def parity(model, clip, vae, saved_path: Path, lora, settings: TrainSettings, live: torch.Tensor):
+    """Images from the saved file through LoraLabLoader's path and core LoraLoader, each against ``live``."""
+    import comfy.sd  # noqa: PLC0415
+    import comfy.utils  # noqa: PLC0415
+
+    positive = host.conditioning(clip, settings.preview_prompt)
+    negative = host.conditioning(clip, "")
+    kwargs = dict(seed=settings.preview_seed, steps=settings.preview_steps, width=settings.resolution,
+                  height=settings.resolution)
+    applied = apply_lora(model, None, lora, 1.0, 0.0)
+    lab_image = host.sample_image(applied.model, vae, positive, negative, **kwargs)
+    core_sd = comfy.utils.load_torch_file(str(saved_path), safe_load=True)
+    core_model, _ = comfy.sd.load_lora_for_models(model, None, core_sd, 1.0, 0.0)
+    core_keys = len(set(core_model.patches) - set(model.patches))
+    core_image = host.sample_image(core_model, vae, positive, negative, **kwargs)
+    lines = [f"parity (prompt '{settings.preview_prompt}', seed {settings.preview_seed}, {host.PREVIEW_SAMPLER}, "
+             f"{settings.preview_steps} steps, cfg {host.PREVIEW_CFG:g}) against the last live-adapter preview:",
+             f"  saved file through LoraLabLoader: {image_difference(lab_image, live).text()}",
+             f"  saved file through core LoraLoader ({core_keys} weights patched): "
+             f"{image_difference(core_image, live).text()}"]
+    return applied, {"lora_lab": lab_image, "core": core_image, "core_keys": core_keys}, lines
+
+
+def report_lines(plan: TrainPlan, result: TrainResult) -> list[str]:
+    s = plan.settings
+    kinds: dict[str, int] = {}
+    for t in result.targets:
+        kinds[t.kind] = kinds.get(t.kind, 0) + 1
+    losses = result.losses
+    lines = [f"trained {s.algorithm} rank {s.rank} alpha {s.alpha:g} on {len(result.targets)} layers "
+             f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}) of an {family_label(plan.family)} model, "
+             f"loss on its {result.prediction} prediction",
+             f"steps {result.start_step + 1}-{s.steps} in {result.seconds:.1f} s, {len(plan.images)} images"
+             + (f"; resumed from step {result.start_step}" if result.start_step else "")]
+    if losses:
+        lines.append(f"loss: first {losses[0]:.4f}, last {losses[-1]:.4f}, mean of the last "
+                     f"{min(10, len(losses))} {sum(losses[-10:]) / min(10, len(losses)):.4f}")
+    lines += [f"note: {n}" for n in plan.notes]
+    lines.append(f"saved {result.saved.path.name} (state: {result.saved.state_path.name})")
+    lines.append(result.precision.text())
+    for c in result.checkpoints:
+        lines.append(f"checkpoint at step {c.step}: {c.path.name}")
+    return lines
+
+
+def preview_batch(result: TrainResult, settings: TrainSettings) -> torch.Tensor:
+    if result.previews:
+        return torch.cat([image for _, image in result.previews])
+    return image_tensor(text_panel(["previews are off (preview_every = 0)"], width=max(settings.resolution, 256)))
+
+
+class LoraLabTrain:
+    """Train a LoRA / LoCon on the connected SD1.x model from images and captions."""
+
+    DESCRIPTION = ("Trains a LoRA or LoCon on the connected SD1.x model from images and captions: loss on the model's "
+                   "own prediction, LR schedule with warm-up, seeded, fp32 master weights, previews with ComfyUI's "
+                   "sampler, kohya-format file with metadata in the loras folder, resumable after cancel, and a "
+                   "parity check of the saved file against the previews.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "train"
+    RETURN_TYPES = ("MODEL", "LORA", "IMAGE", "STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("MODEL", "lora", "loss_curve", "path", "previews", "report")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = [NO_RESUME] + folder_paths.get_filename_list("loras")
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP", {"tooltip": "Encodes the captions and the preview prompt (not trained)."}),
+                "vae": ("VAE", {"tooltip": "Encodes the training images and decodes the previews."}),
+                "captions": ("STRING", {"default": "", "multiline": True,
+                                        "tooltip": "One caption per line, one line per image of 'images'."}),
+                "image_folder": ("STRING", {"default": "", "tooltip": "Instead of 'images': a folder (absolute, or "
+                                            "inside ComfyUI's input folder) of images, each with a .txt caption."}),
+                "output_name": ("STRING", {"default": "my_lora", "tooltip": "File name in the loras folder."}),
+                "rank": ("INT", {"default": 8, "min": 1, "max": MAX_RANK}),
+                "alpha": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 4096.0, "step": 0.5,
+                                    "tooltip": "The LoRA's scale is alpha / rank."}),
+                "algorithm": (list(ALGORITHMS), {"default": "lora", "tooltip": "lora: Linear and 1x1 conv layers; "
+                                                 "locon: also convs with larger kernels."}),
+                "targets": (list(TARGETS), {"default": "attention+mlp"}),
+                "target_blocks": ("STRING", {"default": "", "tooltip":
+                                             "With targets 'block selection': block-weights syntax; blocks with a "
+                                             "weight other than 0 are trained, e.g. 'OUT*=1, *=0'."}),
+                "steps": ("INT", {"default": 500, "min": 1, "max": MAX_STEPS}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-6}),
+                "lr_schedule": (list(SCHEDULES), {"default": "constant"}),
+                "warmup_steps": ("INT", {"default": 0, "min": 0, "max": MAX_STEPS}),
+                "optimizer": (list(OPTIMIZERS), {"default": "AdamW"}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 256}),
+                "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 1024}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8}),
+                "buckets": ("BOOLEAN", {"default": False, "tooltip": "Aspect-ratio buckets for images of mixed shapes."}),
+                "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01}),
+                "shuffle_captions": ("BOOLEAN", {"default": False, "tooltip": "Shuffle comma-separated tags after the "
+                                                 "first (the trigger word stays first)."}),
+                "flip": ("BOOLEAN", {"default": False, "tooltip": "Random horizontal flips."}),
+                "noise_offset": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "min_snr_gamma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5,
+                                            "tooltip": "Min-SNR weighting; 0 is off, 5 is usual."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seeds the LoRA's init, the data order, flips, caption dropout and noise."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "fp32", "tooltip": "Compute dtype of the model; "
+                                                          "the LoRA's master weights are always fp32."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False}),
+                "preview_every": ("INT", {"default": 0, "min": 0, "max": MAX_STEPS,
+                                          "tooltip": "Make a preview every N steps and at the end (0: none, and no "
+                                                     "parity check)."}),
+                "preview_prompt": ("STRING", {"default": "", "multiline": False}),
+                "preview_seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "preview_steps": ("INT", {"default": 20, "min": 1, "max": 200}),
+                "save_every": ("INT", {"default": 0, "min": 0, "max": MAX_STEPS,
+                                       "tooltip": "Save a resumable checkpoint every N steps (0: only at the end)."}),
+                "save_precision": (list(SAVE_PRECISIONS), {"default": "fp32", "tooltip": "fp32 saves exactly what the "
+                                                          "previews used; fp16/bf16 are checked and reported."}),
+                "resume_from": (loras, {"default": NO_RESUME, "tooltip": "A checkpoint LoraLabTrain saved; its step, "
+                                        "optimizer state and settings are read from its metadata."}),
+                "overwrite": ("BOOLEAN", {"default": False}),
+            },
+            "optional": {"images": ("IMAGE", {"tooltip": "Training images (captions one per line in 'captions')."})},
+        }
+
+    def train(self, model, clip, vae, captions, image_folder, output_name, rank, alpha, algorithm, targets,
+              target_blocks, steps, learning_rate, lr_schedule, warmup_steps, optimizer, batch_size,
+              gradient_accumulation, resolution, buckets, caption_dropout, shuffle_captions, flip, noise_offset,
+              min_snr_gamma, seed, training_dtype, gradient_checkpointing, preview_every, preview_prompt,
+              preview_seed, preview_steps, save_every, save_precision, resume_from, overwrite, images=None):
+        settings = TrainSettings(
+            output_name=output_name, rank=rank, alpha=alpha, algorithm=algorithm, targets=targets,
+            target_blocks=target_blocks, steps=steps, learning_rate=learning_rate, lr_schedule=lr_schedule,
+            warmup_steps=warmup_steps, optimizer=optimizer, batch_size=batch_size,
+            gradient_accumulation=gradient_accumulation, resolution=resolution, buckets=buckets,
+            caption_dropout=caption_dropout, shuffle_captions=shuffle_captions, flip=flip, noise_offset=noise_offset,
+            min_snr_gamma=min_snr_gamma, seed=seed, training_dtype=training_dtype,
+            gradient_checkpointing=gradient_checkpointing, preview_every=preview_every, preview_prompt=preview_prompt,
+            preview_seed=preview_seed, preview_steps=preview_steps, save_every=save_every,
+            save_precision=save_precision)
+        plan = prepare(model, settings, images=images, captions=captions, image_folder=image_folder,
+                       resume_from=resume_from, overwrite=overwrite)
+        return train_and_report(model, clip, vae, plan)[0]
+
+
+def train_and_report(model, clip, vae, plan: TrainPlan, **session_kwargs) -> tuple[dict, TrainResult]:
+    """Run the plan, check parity; the node's return value and the run's result (``session_kwargs``: tests)."""
+    result = run_training(model, clip, vae, plan, **session_kwargs)
+    s = plan.settings
+    lora = load_lora(result.saved.path)
+    lora.display_name = result.saved.path.name
+    lines = report_lines(plan, result)
+    if result.final_preview is not None:
+        applied, images, parity_lines = parity(model, clip, vae, result.saved.path, lora, s, result.final_preview)
+        lines += parity_lines
+        result.parity = images
+    else:
+        applied = apply_lora(model, None, lora, 1.0, 0.0)
+        lines.append("parity not checked: previews are off (preview_every = 0)")
+    if len(applied.plan.model_entries) != len(result.targets):
+        raise LoraLabError(f"The saved file applies to {len(applied.plan.model_entries)} of {len(result.targets)} "
+                           "trained layers.", "report this as a bug in LoRA Lab.")
+    report = "\n".join(lines)
+    log.info("LoRA Lab: %s", report.replace("\n", " | "))
+    chart = stack([line_chart(result.losses, title=f"training loss ({result.prediction} prediction)",
+                              smooth=max(2, len(result.losses) // 20), x_start=result.start_step + 1)])
+    outputs = (applied.model, lora, image_tensor(chart), str(result.saved.path), preview_batch(result, s), report)
+    return {"ui": {"text": [report]}, "result": outputs}, result
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabTrain": LoraLabTrain}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabTrain": "LoRA Lab Train LoRA"}

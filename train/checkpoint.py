@@ -1,0 +1,257 @@
+"""Saving a trained LoRA (kohya format, metadata, precision checks) and the state to resume it from.
+
+Every save writes two files, each atomically (temporary name, then rename), the state first:
+
+* ``<name>.lora_lab_state`` (safetensors under a suffix loaders do not list): the fp32 master factors,
+  the optimizer's tensors, and in its metadata the optimizer's other state (JSON);
+* ``<name>.safetensors``: the LoRA in kohya's layout at the chosen save precision, with ``ss_*`` and
+  ``modelspec.*`` keys and LoRA Lab's ``lora_lab.train.*`` keys: the step count, the settings (JSON),
+  the state file's name and SHA-256.
+
+A resume reads everything from the LoRA file's metadata and the state file it names, never from a file
+name. A LoRA file is only ever written after its state file, so a LoRA that says it is resumable always
+has its state beside it (unless someone moved it, which the SHA-256 check reports).
+
+Precision: fp32 keeps the trained factors bit for bit (what the previews used). fp16/bf16 are checked
+first: overflow (beyond fp16's 65504: refused), underflow (non-zero values that become 0), values in
+fp16's subnormal range (kept with reduced precision), how many values change at all, and the largest
+relative error that rounding causes in any layer's delta ``dW``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..lora_ops.adapters import LoraWeights
+from ..lora_ops.bake import kohya_metadata, lora_state_dict
+from ..lora_ops.errors import LoraFileError, LoraLabError, OverflowRiskError
+from ..lora_ops.formats import ParsedLora
+from ..lora_ops.safeio import read_lora_file, write_safetensors_atomic
+from .settings import TrainSettings
+
+STATE_SUFFIX = ".lora_lab_state"
+FORMAT_VERSION = "1"
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ResumeError(LoraLabError):
+    """The file to resume from is not a usable LoRA Lab training checkpoint."""
+
+
+def state_path_for(lora_path: str | os.PathLike) -> Path:
+    p = Path(lora_path)
+    return p.with_name(p.name[: -len(".safetensors")] + STATE_SUFFIX if p.name.endswith(".safetensors")
+                       else p.name + STATE_SUFFIX)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(tensors) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of tensors, in order (a base model's fingerprint)."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        t = t.contiguous().cpu()
+        h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class PrecisionReport:
+    """What saving at ``precision`` does to the trained values."""
+
+    precision: str
+    values: int = 0
+    overflow: int = 0
+    underflow: int = 0
+    subnormal: int = 0
+    changed: int = 0
+    max_delta_error: float = 0.0
+
+    def text(self) -> str:
+        if self.precision == "fp32":
+            return "save precision fp32: the trained values are saved exactly"
+        return (f"save precision {self.precision}: {self.changed} of {self.values} values change "
+                f"({self.overflow} overflow, {self.underflow} become 0, {self.subnormal} lose precision as "
+                f"subnormals); largest relative change of a layer's delta: {self.max_delta_error:.3g}")
+
+
+def precision_check(weights: dict[str, LoraWeights], precision: str) -> PrecisionReport:
+    """Count what casting every factor to ``precision`` changes (see the module docstring)."""
+    report = PrecisionReport(precision)
+    dtype = _DTYPES[precision]
+    for w in weights.values():
+        for t in (w.up, w.down):
+            report.values += t.numel()
+        if dtype == torch.float32:
+            continue
+        info = torch.finfo(dtype)
+        for t in (w.up, w.down):
+            t = t.float()
+            cast = t.to(dtype)
+            report.overflow += int((~torch.isfinite(cast) & torch.isfinite(t)).sum())
+            report.underflow += int(((cast == 0) & (t != 0)).sum())
+            report.subnormal += int(((cast != 0) & (cast.float().abs() < info.tiny)).sum())
+            report.changed += int((cast.float() != t).sum())
+        if report.overflow:
+            continue
+        exact = w.delta(torch.Size([w.up.shape[0], w.down[0].numel()]))
+        rounded = LoraWeights(up=w.up.to(dtype), down=w.down.to(dtype), alpha=w.alpha).delta(exact.shape)
+        norm = float(exact.norm())
+        if norm > 0:
+            report.max_delta_error = max(report.max_delta_error, float((rounded - exact).norm()) / norm)
+    return report
+
+
+def kohya_tensors(weights: dict[str, LoraWeights], precision: str,
+                  report: PrecisionReport | None = None) -> dict[str, torch.Tensor]:
+    """The kohya state dict (``<name>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``) at ``precision``;
+    ``alpha`` stays fp32 (loaders read it as a number). Refuses an fp16 save that overflows."""
+    if report is None and precision == "fp16":
+        report = precision_check(weights, precision)
+    if report is not None and report.overflow:
+        raise OverflowRiskError(
+            f"Saving in fp16 would turn {report.overflow} trained value(s) into infinity (fp16 stops at 65504); "
+            "the LoRA would render black.", "save in fp32 (the default) or bf16.")
+    tensors = lora_state_dict(ParsedLora(modules=dict(weights), formats={"kohya"}))
+    dtype = _DTYPES[precision]
+    return {k: (v if k.endswith(".alpha") else v.to(dtype)).contiguous() for k, v in tensors.items()}
+
+
+def training_metadata(settings: TrainSettings, *, step: int, family: str, num_images: int,
+                      tag_frequency: dict[str, int], base_model: str, base_sha256: str,
+                      started_at: float, resolution_info: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """``ss_*``/``modelspec.*`` keys other tools read, and the settings a resume needs."""
+    s = settings
+    network_args = {"conv_dim": str(s.rank), "conv_alpha": f"{s.alpha:g}"} if s.algorithm == "locon" else {}
+    meta = kohya_metadata(family=family, rank_values=[s.rank], network_module="networks.lora", extra={
+        "ss_network_alpha": f"{s.alpha:g}",
+        "ss_network_args": json.dumps(network_args) if network_args else "",
+        "ss_network_train_unet_only": "True",
+        "ss_output_name": s.output_name,
+        "ss_steps": str(step),
+        "ss_max_train_steps": str(s.steps),
+        "ss_learning_rate": f"{s.learning_rate:g}",
+        "ss_unet_lr": f"{s.learning_rate:g}",
+        "ss_text_encoder_lr": "0",
+        "ss_lr_scheduler": s.lr_schedule + (f" (warmup {s.warmup_steps})" if s.warmup_steps else ""),
+        "ss_lr_warmup_steps": str(s.warmup_steps),
+        "ss_optimizer": f"torch.optim.{s.optimizer}",
+        "ss_batch_size_per_device": str(s.batch_size),
+        "ss_gradient_accumulation_steps": str(s.gradient_accumulation),
+        "ss_gradient_checkpointing": str(s.gradient_checkpointing),
+        "ss_num_train_images": str(num_images),
+        "ss_resolution": f"({s.resolution}, {s.resolution})",
+        "ss_enable_bucket": str(s.buckets),
+        "ss_bucket_info": resolution_info,
+        "ss_caption_dropout_rate": f"{s.caption_dropout:g}",
+        "ss_shuffle_caption": str(s.shuffle_captions),
+        "ss_flip_aug": str(s.flip),
+        "ss_noise_offset": f"{s.noise_offset:g}",
+        "ss_min_snr_gamma": f"{s.min_snr_gamma:g}",
+        "ss_seed": str(s.seed),
+        "ss_mixed_precision": s.training_dtype,
+        "ss_save_precision": s.save_precision,
+        "ss_sd_model_name": base_model,
+        "ss_tag_frequency": json.dumps({"lora_lab": tag_frequency}),
+        "ss_training_started_at": f"{started_at:.3f}",
+        "ss_training_finished_at": f"{time.time():.3f}",
+        "ss_training_comment": "trained in ComfyUI with LoRA Lab (LoraLabTrain)",
+        "modelspec.title": s.output_name,
+        "modelspec.implementation": "diffusers",
+        "modelspec.resolution": f"{s.resolution}x{s.resolution}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+        "lora_lab.base_model_sha256": base_sha256,
+        "lora_lab.train.format": FORMAT_VERSION,
+        "lora_lab.train.step": str(step),
+        "lora_lab.train.settings": settings.to_json(),
+    })
+    meta.update(extra or {})
+    return meta
+
+
+@dataclass
+class SavedCheckpoint:
+    path: Path
+    state_path: Path
+    step: int
+    precision: PrecisionReport
+
+
+def save_checkpoint(path: str | os.PathLike, *, weights: dict[str, LoraWeights], master_state: dict[str, torch.Tensor],
+                    optimizer_tensors: dict[str, torch.Tensor], optimizer_json: str, metadata: dict[str, str],
+                    step: int, precision: str) -> SavedCheckpoint:
+    """Write the state file, then the LoRA file that names it (both atomic)."""
+    path = Path(path)
+    state_path = state_path_for(path)
+    report = precision_check(weights, precision)
+    tensors = kohya_tensors(weights, precision, report)  # refuses an overflowing fp16 save before anything is written
+    state = {f"master.{k}": v.float().contiguous() for k, v in master_state.items()}
+    state.update(optimizer_tensors)
+    write_safetensors_atomic(state, state_path, {"lora_lab.train.format": FORMAT_VERSION,
+                                                 "lora_lab.train.step": str(step),
+                                                 "lora_lab.train.optimizer": optimizer_json})
+    meta = dict(metadata)
+    meta.update({"lora_lab.train.step": str(step), "lora_lab.train.state_file": state_path.name,
+                 "lora_lab.train.state_sha256": file_sha256(state_path)})
+    write_safetensors_atomic(tensors, path, meta)
+    return SavedCheckpoint(path, state_path, step, report)
+
+
+@dataclass
+class ResumeState:
+    settings: TrainSettings
+    step: int
+    master_state: dict[str, torch.Tensor]
+    optimizer_tensors: dict[str, torch.Tensor]
+    optimizer_json: str
+    metadata: dict[str, str]
+
+
+def read_checkpoint(path: str | os.PathLike) -> ResumeState:
+    """Everything a resume needs, from the LoRA file's metadata and the state file it names."""
+    path = Path(path)
+    lora = read_lora_file(path)
+    meta = lora.metadata
+    if "lora_lab.train.settings" not in meta or "lora_lab.train.state_file" not in meta:
+        raise ResumeError(f"'{path.name}' is not a LoRA Lab training checkpoint (its metadata has no training state).",
+                          "resume from a file LoraLabTrain saved (the final file, a save_every file or the one a "
+                          "cancel left), or set resume_from to none.")
+    state_path = path.with_name(meta["lora_lab.train.state_file"])
+    if not state_path.is_file():
+        raise ResumeError(f"The training state '{state_path.name}' that '{path.name}' names is missing.",
+                          f"put '{state_path.name}' back beside '{path.name}' (LoraLabTrain writes it there).")
+    if file_sha256(state_path) != meta.get("lora_lab.train.state_sha256"):
+        raise ResumeError(f"'{state_path.name}' is not the state '{path.name}' was saved with (SHA-256 differs).",
+                          "resume from the LoRA file that was saved together with this state.")
+    try:
+        with safe_open(str(state_path), framework="pt") as f:
+            state_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise LoraFileError(f"'{state_path.name}' could not be read ({exc}).",
+                            "resume from another checkpoint.") from None
+    step = int(meta["lora_lab.train.step"])
+    if int(state_meta.get("lora_lab.train.step", -1)) != step:
+        raise ResumeError(f"'{path.name}' says step {step}, its state says {state_meta.get('lora_lab.train.step')}.",
+                          "resume from a LoRA file and state saved together.")
+    return ResumeState(
+        settings=TrainSettings.from_json(meta["lora_lab.train.settings"]), step=step,
+        master_state={k[len("master."):]: v for k, v in tensors.items() if k.startswith("master.")},
+        optimizer_tensors={k: v for k, v in tensors.items() if k.startswith("optimizer.")},
+        optimizer_json=state_meta.get("lora_lab.train.optimizer", ""), metadata=meta)
