@@ -305,7 +305,9 @@ def metrics_chart(weights: Sequence[float], rows: Sequence[Sequence[Cell]], row_
         flagged = [i for i, w in enumerate(xs) if w in by_w and by_w[w].flags]
         bp = breaks[r]
         name = f"{title} — {row_labels[r]}" if row_labels[r] else title
-        charts.append(xy_chart(xs, series, title=name, x_label="LoRA weight", y_range=(0.0, 1.0),
+        values = [v for ser in series for v in ser.values if v is not None and math.isfinite(v)]
+        top = min(1.0, max(0.05, 1.15 * max(values, default=0.0)))  # small changes stay visible
+        charts.append(xy_chart(xs, series, title=name, x_label="LoRA weight", y_range=(0.0, top),
                                  marker_x=bp[0].weight if bp else None,
                                  marker_label=f"break {bp[0].weight:g}" if bp else "", flagged=flagged))
         if bp:
