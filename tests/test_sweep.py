@@ -102,6 +102,19 @@ def host(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep-out")
     with use_model_dirs(loras_dir=full["kohya"].path.parent, output_dir=out):
         yield {"model": model, "clip": clip, "vae": vae, "full": full, "out": out}
+    _release_models()
+
+
+def _release_models() -> None:
+    """Let go of the full-size models this module loaded in process (ComfyUI keeps loaded models
+    referenced), so the rest of the session, and its server, have the memory back."""
+    import gc
+
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    gc.collect()
 
 
 def _sweep(host, lora, start, end, count, model=None, **kw):
