@@ -35,6 +35,7 @@ from ..lora_ops.bake import kohya_metadata, lora_state_dict
 from ..lora_ops.errors import LoraFileError, LoraLabError, OverflowRiskError
 from ..lora_ops.formats import ParsedLora
 from ..lora_ops.safeio import read_lora_file, write_safetensors_atomic
+from ..lora_ops.plan import file_sha256
 from .settings import TrainSettings
 
 STATE_SUFFIX = ".lora_lab_state"
@@ -50,14 +51,6 @@ def state_path_for(lora_path: str | os.PathLike) -> Path:
     p = Path(lora_path)
     return p.with_name(p.name[: -len(".safetensors")] + STATE_SUFFIX if p.name.endswith(".safetensors")
                        else p.name + STATE_SUFFIX)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensor_sha256(tensors) -> str:
