@@ -1,19 +1,27 @@
 """Merging deltas into live weights in place, and restoring them bit-exactly.
 
-For each patched weight ``W`` (or a slice of a fused weight):
+Three paths, chosen per weight:
 
-* GPU, fp16/bf16 weight: ``W.view(out, -1).addmm_(up, down, alpha=s * scale)`` in the weight's own
-  dtype, one fused call per LoRA, no fp32 copy of the weight. LoHa/LoKr/full deltas are formed in
-  the weight's dtype on the device and added with one ``add_``.
-* CPU (or fp32 weights): compute in fp32 and round once: for a half-precision weight one fp32 copy
-  of that single layer is made, every delta for it is accumulated, and it is copied back.
-* DoRA: the delta is normalised against the base weight ``W0`` (the weight before this merge), so
-  several DoRAs stack in any order (see ``adapters.dora_delta``).
+* GPU, fp16/bf16 weight, plain low-rank adapters (LoRA, LoCon, Tucker folded): ``lora_ops.fused``.
+  One Triton kernel merges every such weight in place, ``W' = round(W + s * up @ down)`` with fp32
+  math, and records the few elements whose original bits the rounding lost; the restore subtracts
+  the same product and writes those bits back. No backup of the weights, one read and one write per
+  weight element, one launch for all weights.
+* CPU (``in_place=False``, as the ComfyUI bridge asks): the merged weight is computed into a new
+  tensor, in row chunks that stay in cache (fp32 math, one rounding), and swapped in; the original
+  tensor itself is the backup, so restoring is swapping it back.
+* Everything else (LoHa/LoKr/full/DoRA on the GPU, fused slices on the CPU, Triton missing, callers
+  that need the very tensors written): the weight is copied to ``backup_device`` first, every delta
+  is added in place (on the GPU in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed
+  in fp16/bf16 on the device; on the CPU through one fp32 copy of the layer) and the copy is written
+  back on restore.
 
-Before a weight is touched it is copied to ``backup_device``; :func:`restore_weights` copies it back,
-which gives the original bits whatever rounding the merge did. Peak extra memory is one layer's
-worth. A merged half-precision weight that is no longer finite (fp16 stops at 65504) is restored at
-once and reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
+DoRA: the delta is normalised against the base weight ``W0`` (the weight before this merge), so
+several DoRAs stack in any order (see ``adapters.dora_delta``).
+
+Peak extra memory is one layer's worth (plus, on the fused path, the element records). A merged
+half-precision weight that is no longer finite (fp16 stops at 65504) is restored at once and
+reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fused
 from .adapters import Adapter, dora_delta
 from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
 from .keymap import Target
@@ -179,23 +188,114 @@ def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]
     return finite
 
 
-def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,
-                  backup_device: torch.device | str = "cpu", check_finite: bool = True) -> dict[str, torch.Tensor]:
-    """Merge ``entries`` into the tensors of ``weights`` in place; return the backup for restore.
+class Backup:
+    """What :func:`restore_weights` needs to put the original weights back.
 
-    ``weights`` maps weight keys to the live tensors (parameters' ``.data``). On an overflow or NaN
-    every weight touched so far is restored before the error is raised.
+    ``copies``: key -> a copy of the original (written back); ``replaced``: key -> the original
+    tensor itself (swapped back); ``fused``: the record of the GPU kernel's in-place merges.
+    """
+
+    def __init__(self) -> None:
+        self.copies: dict[str, torch.Tensor] = {}
+        self.replaced: dict[str, torch.Tensor] = {}
+        self.fused: fused.FusedMerge | None = None
+
+    def keys(self) -> set[str]:
+        return set(self.copies) | set(self.replaced) | (self.fused.keys if self.fused is not None else set())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.copies or key in self.replaced or (self.fused is not None and key in self.fused.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        """The original value of weight ``key`` (a copy where it had to be rebuilt)."""
+        if key in self.copies:
+            return self.copies[key]
+        if key in self.replaced:
+            return self.replaced[key]
+        if self.fused is not None and key in self.fused.keys:
+            return self.fused.original(key)
+        raise KeyError(key)
+
+
+CPU_CHUNK = 1 << 18  # elements of fp32 working rows per step of the CPU merge (stays in cache)
+
+
+def _lowrank_rows(entries: list[PatchEntry]) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
+    """``(up, down, alpha)`` per entry if every entry is a plain low-rank adapter on the whole weight."""
+    out = []
+    for e in entries:
+        if e.strength == 0.0:
+            continue
+        if (e.target.offset is not None and not e.is_bias) or e.adapter.magnitude is not None:
+            return None
+        lr = e.adapter.low_rank()
+        if lr is None:
+            return None
+        up, down, scale = lr
+        out.append((up, down, e.strength * scale))
+    return out
+
+
+def _merged_copy_cpu(weight: torch.Tensor, factors) -> tuple[torch.Tensor, bool]:
+    """``weight`` with every low-rank delta added, as a new tensor: fp32 math in row chunks, one
+    rounding per element; and whether the result is finite in the weight's dtype."""
+    w2d = _as_2d_view(weight)
+    out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    o2d = out.view(out.shape[0], -1)
+    rows, cols = o2d.shape
+    factors = [(u.to(torch.float32), d.to(torch.float32), a) for u, d, a in factors]
+    step = max(1, CPU_CHUNK // max(cols, 1))
+    finite = True
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        acc = w2d[r0:r1].to(torch.float32, copy=weight.dtype == torch.float32)
+        for u, d, a in factors:
+            acc.addmm_(u[r0:r1], d, alpha=a)
+        finite = _rounds_to_finite(acc, weight.dtype) and finite
+        o2d[r0:r1].copy_(acc)
+    return out, finite
+
+
+def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,
+                  backup_device: torch.device | str = "cpu", check_finite: bool = True,
+                  in_place: bool = True, fused_path: bool = True) -> Backup:
+    """Merge ``entries`` into the tensors of ``weights``; return the :class:`Backup` for restore.
+
+    ``weights`` maps weight keys to the live tensors (parameters' ``.data``). With ``in_place=False``
+    a CPU weight may be replaced by a new tensor (``weights[key] = merged``) instead of written into;
+    ``fused_path=False`` keeps GPU weights on the backup path.
+    On an overflow or NaN every weight touched so far is restored before the error is raised.
     """
     by_key: dict[str, list[PatchEntry]] = {}
     for e in entries:
         by_key.setdefault(e.weight_key, []).append(e)
-    backup: dict[str, torch.Tensor] = {}
-    bad: list[tuple[str, float]] = []
+    backup = Backup()
+    bad: list[str] = []
+    jobs: list[fused.Job] = []
     try:
         with torch.no_grad():
             for key, group in by_key.items():
                 weight = weights[key]
-                backup[key] = weight.detach().to(backup_device, copy=True)
+                key_jobs = _fused_jobs(key, weight, group) if fused_path else None
+                if key_jobs is not None:
+                    jobs += key_jobs
+                    continue
+                if not in_place and weight.device.type == "cpu":
+                    factors = _lowrank_rows(group)
+                    if factors is not None and _as_2d_view(weight) is not None:
+                        merged, finite = _merged_copy_cpu(weight, factors)
+                        backup.replaced[key] = weight
+                        weights[key] = merged
+                        if check_finite and not finite:
+                            bad.append(key)
+                        continue
+                backup.copies[key] = weight.detach().to(backup_device, copy=True)
                 by_offset: dict[object, list[PatchEntry]] = {}
                 for e in group:
                     by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
@@ -203,16 +303,36 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                 for offset, es in by_offset.items():
                     view = target_view(weight, offset)
                     needs_base = any(e.adapter.magnitude is not None for e in es)
-                    base = target_view(backup[key], offset).to(weight.device) if needs_base else None
+                    base = target_view(backup.copies[key], offset).to(weight.device) if needs_base else None
                     finite = _merge_one(view, base, es) and finite
                 if check_finite and not finite:
                     bad.append(key)
+            if jobs:
+                backup.fused, nonfinite = fused.merge_lowrank(jobs)
+                if check_finite:
+                    bad += nonfinite
         if bad:
             raise _overflow_error(bad, weights[bad[0]].dtype, by_key)
     except BaseException:
         restore_weights(weights, backup)
         raise
     return backup
+
+
+def _fused_jobs(key: str, weight: torch.Tensor, group: list[PatchEntry]) -> list[fused.Job] | None:
+    """The GPU kernel's jobs for every entry of one weight, or ``None`` if any entry needs another path."""
+    if not fused.available(weight):
+        return None
+    jobs = []
+    for e in group:
+        if e.strength == 0.0:
+            continue
+        view = target_view(weight, e.target.offset if not e.is_bias else None)
+        job = fused.lowrank_job(key, weight, view, e.adapter, e.strength, e.module)
+        if job is None:
+            return None
+        jobs.append(job)
+    return jobs
 
 
 def _overflow_error(bad, dtype, by_key) -> Exception:
@@ -230,8 +350,18 @@ def _overflow_error(bad, dtype, by_key) -> Exception:
         "the LoRA file is damaged; export or download it again.")
 
 
-def restore_weights(weights: MutableMapping[str, torch.Tensor], backup: dict[str, torch.Tensor]) -> None:
-    """Copy every backed-up tensor back into place: the original bits, whatever the merge rounded."""
+def restore_weights(weights: MutableMapping[str, torch.Tensor], backup: Backup | dict[str, torch.Tensor]) -> None:
+    """Put every weight ``backup`` covers back: the original bits, whatever the merge rounded."""
     with torch.no_grad():
-        for key, saved in backup.items():
+        if isinstance(backup, dict):
+            for key, saved in backup.items():
+                weights[key].copy_(saved)
+            return
+        if backup.fused is not None:
+            backup.fused.restore()
+            backup.fused = None
+        for key, saved in backup.copies.items():
             weights[key].copy_(saved)
+        for key, original in backup.replaced.items():
+            weights[key] = original
+        backup.copies, backup.replaced = {}, {}

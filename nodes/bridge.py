@@ -6,8 +6,10 @@ How it fits the host's life cycle, using only its extension points:
   the input model is never changed.
 * ComfyUI calls ``inject`` when it has loaded the model (after its own weight patches, such as core
   ``LoraLoader``'s, are in place) and ``eject`` before it unpatches, unloads, detaches, or hands the
-  module to another clone. ``inject`` merges our deltas in place (``lora_ops.merge``) and keeps the
-  backup; ``eject`` copies the backup back, bit-exactly.
+  module to another clone. ``inject`` merges our deltas (``lora_ops.merge``: in place on the GPU,
+  by swapping in merged tensors on the CPU) and keeps what undoes them; ``eject`` restores the
+  original weights bit-exactly. Nothing moves between devices: a strength change rewrites only the
+  weights the LoRAs touch, from their original values.
 * The backup belongs to the torch module, not to a patcher (several clones share one module), so
   whichever clone ejects restores the module, and an application left by a clone that was
   garbage-collected is undone before the next one goes on.
@@ -38,7 +40,7 @@ _ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor]]" =
 
 
 class _LiveWeights(MutableMapping):
-    """The module's parameters by state-dict key, as the tensors to write in place."""
+    """The module's parameters by state-dict key: their tensors, and ``param.data = t`` to swap one."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
@@ -46,8 +48,11 @@ class _LiveWeights(MutableMapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.module.get_parameter(key).data
 
-    def __setitem__(self, key, value):
-        raise TypeError("weights are written in place, never replaced")
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        param = self.module.get_parameter(key)
+        if value.shape != param.shape or value.dtype != param.dtype or value.device != param.device:
+            raise TypeError(f"{key}: a replacement must match the weight's shape, dtype and device")
+        param.data = value
 
     def __delitem__(self, key):
         raise TypeError("weights are written in place, never removed")
@@ -70,7 +75,10 @@ class LoraLabApplication:
         _undo(module)
         if not self.entries:
             return
-        backup = apply_patches(_LiveWeights(module), self.entries, backup_device=patcher.offload_device)
+        # Over core's own weight patches (a core LoraLoader earlier in the chain) the GPU's fused path
+        # is not used yet: that combination is only verified on the backup path.
+        backup = apply_patches(_LiveWeights(module), self.entries, backup_device=patcher.offload_device,
+                               in_place=False, fused_path=not patcher.patches)
         _ACTIVE[module] = backup
         log.debug("LoRA Lab: merged %d patches into %d weights", len(self.entries), len(backup))
 

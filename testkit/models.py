@@ -10,6 +10,8 @@ weights:
   ``ModelPatcher`` and ``comfy.sd.CLIP`` on every call.
 - ``diffusers_unet()`` / ``hf_text_encoders()``: diffusers / transformers modules holding the *same*
   weights as the small models, for the reference tools (PEFT, diffusers, LyCORIS).
+- ``sdxl_full_patcher(device)``: a full-size SDXL UNet (2.567e9 parameters) built in place on a device
+  (the GPU benchmark's model; ``device="meta"`` to count), seeded on that device, never cached.
 
 Weights are drawn per tensor from a ``torch.Generator`` seeded by the tensor's key, so a tensor's
 value depends only on (seed, key, shape), never on build order or global RNG state:
@@ -550,3 +552,68 @@ def sd15_full_diffusers_config() -> dict[str, Any]:
     cfg = copy.deepcopy(SMALL_SD15.diffusers_config)
     cfg.update(sample_size=64, block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the full-size SDXL UNet (built in place on a device, no file)
+
+SEED_FULL_SDXL = 1503
+SDXL_FULL_UNET_PARAMS = 2_567_463_684
+"""Parameters of the SDXL 1.0 base UNet (diffusers' ``UNet2DConditionModel`` and ComfyUI's ``UNetModel``)."""
+
+
+def sdxl_unet_config() -> dict[str, Any]:
+    """The unet_config ComfyUI detects for a real SDXL 1.0 base checkpoint."""
+    cfg = copy.deepcopy(SMALL_SDXL.unet_config)
+    cfg.update(image_size=32, model_channels=320, context_dim=2048, adm_in_channels=2816)
+    return cfg
+
+
+def sdxl_full_diffusers_config() -> dict[str, Any]:
+    """diffusers' ``UNet2DConditionModel`` config of the SDXL 1.0 base UNet (its ``unet/config.json``)."""
+    cfg = copy.deepcopy(SMALL_SDXL.diffusers_config)
+    cfg.update(sample_size=128, block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+               attention_head_dim=[5, 10, 20], projection_class_embeddings_input_dim=2816)
+    return cfg
+
+
+def _fill_seeded_(key: str, t: torch.Tensor, seed: int) -> None:
+    """Fill ``t`` in place the way :func:`seeded_tensor` draws ``key`` (same laws), with a generator on
+    ``t``'s device (fast on a GPU; the values differ from the CPU draw of the same key)."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        t.normal_(0.0, 0.01, generator=torch.Generator(device=t.device).manual_seed(_key_seed(seed, key)))
+    elif t.dim() >= 2:
+        fan_in = t[0].numel()
+        t.normal_(0.0, fan_in**-0.5, generator=torch.Generator(device=t.device).manual_seed(_key_seed(seed, key)))
+    else:
+        t.fill_(1.0)
+
+
+@torch.no_grad()
+def sdxl_full_patcher(device: torch.device | str, dtype: torch.dtype = torch.float16,
+                      seed: int = SEED_FULL_SDXL) -> Any:
+    """A full-size SDXL 1.0 base UNet (2.567e9 parameters) as a ComfyUI ``ModelPatcher``, built on
+    ``device`` in ``dtype`` with seeded weights: ``load_device`` = ``device``, ``offload_device`` = CPU.
+
+    ComfyUI's own classes (``comfy.supported_models.SDXL`` -> ``comfy.model_base.SDXL``): the weights
+    are created without initialisation on ``device`` (the config's operations, ``disable_weight_init``
+    for a plain ``dtype``, as ComfyUI does before loading a file), then every parameter is drawn in
+    place by :func:`_fill_seeded_` (matrices and kernels ``N(0, 1/fan_in)``, norm scales ones, biases
+    ``N(0, 0.01^2)``) from a generator on ``device`` seeded by the key. On ``device="meta"`` nothing
+    is allocated or drawn (for counting parameters). Nothing is cached: on a GPU it takes seconds.
+    """
+    comfy = import_comfy()
+    device = torch.device(device)
+    model_config = comfy.supported_models.SDXL(sdxl_unet_config())
+    model_config.set_inference_dtype(dtype, None)
+    base_model = model_config.get_model({}, device=device)
+    if not isinstance(base_model, comfy.model_base.SDXL):
+        raise RuntimeError(f"expected comfy.model_base.SDXL, got {type(base_model).__name__}")
+    base_model.eval()
+    if device.type != "meta":
+        for key, p in base_model.named_parameters():
+            _fill_seeded_(key, p.data, seed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=device, offload_device=CPU)

@@ -1,0 +1,139 @@
+"""The merge's fast paths without a GPU: the CPU swap path, the fused path's bookkeeping, and the
+fused Triton kernels themselves under Triton's CPU interpreter (the same kernels run compiled on a GPU
+in tests/test_gpu_merge.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from testkit.host import import_pack
+
+pack = import_pack()
+ops = pack.lora_ops
+from lora_lab.lora_ops import fused  # noqa: E402
+from lora_lab.lora_ops import merge as merge_mod  # noqa: E402
+from lora_lab.lora_ops.keymap import Target  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BITS = torch.int16
+
+
+def _lora(rows, cols, rank, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return ops.LoraWeights(up=(torch.randn(rows, rank, generator=g) * 0.1).to(dtype),
+                           down=(torch.randn(rank, cols, generator=g) * 0.1).to(dtype), alpha=float(rank) / 2)
+
+
+# --- the CPU swap path --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(40, 24), (16, 6, 3, 3)])
+def test_swap_path_equals_in_place_path_and_swaps_the_original_back(dtype, shape, monkeypatch):
+    monkeypatch.setattr(merge_mod, "CPU_CHUNK", 64)  # many row chunks, the last one partial
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(shape, generator=g) * 0.2).to(dtype)
+    original = w.clone()
+    cols = w[0].numel()
+    entries = [merge_mod.PatchEntry(Target("w"), _lora(shape[0], cols, 4, seed=1), 0.8, "a"),
+               merge_mod.PatchEntry(Target("w"), _lora(shape[0], cols, 2, seed=2), -1.3, "b")]
+    reference = {"w": w.clone()}
+    merge_mod.apply_patches(reference, entries)  # the in-place path: fp32 copy of the layer
+    weights = {"w": w}
+    backup = merge_mod.apply_patches(weights, entries, in_place=False)
+    assert weights["w"] is not w and torch.equal(w, original)  # the original tensor is untouched
+    assert torch.equal(weights["w"].float(), reference["w"].float()) or torch.allclose(
+        weights["w"].float(), reference["w"].float(), rtol=torch.finfo(dtype).eps, atol=1e-7)
+    assert "w" in backup and backup["w"] is w
+    assert not torch.equal(weights["w"], original)
+    merge_mod.restore_weights(weights, backup)
+    assert weights["w"] is w and torch.equal(w, original)
+
+
+def test_swap_path_overflow_restores_and_names_the_layer():
+    w = torch.full((8, 8), 60000.0, dtype=torch.float16)
+    entry = merge_mod.PatchEntry(Target("w"), ops.LoraWeights(up=torch.full((8, 1), 100.0),
+                                                              down=torch.full((1, 8), 100.0)), 1.0, "hot")
+    weights = {"w": w}
+    with pytest.raises(ops.OverflowRiskError, match="hot"):
+        merge_mod.apply_patches(weights, [entry], in_place=False)
+    assert weights["w"] is w and bool((w == 60000.0).all())
+
+
+def test_swap_path_leaves_fused_slices_to_the_copy_path():
+    w = torch.zeros(9, 4)
+    up, down = torch.ones(3, 1), torch.ones(1, 4)
+    weights = {"w": w}
+    backup = merge_mod.apply_patches(
+        weights, [merge_mod.PatchEntry(Target("w", (0, 3, 3)), ops.LoraWeights(up=up, down=down), 1.0, "k")],
+        in_place=False)
+    assert weights["w"] is w and "w" in backup.copies and bool((w[3:6] == 1).all()) and not w[:3].any()
+    merge_mod.restore_weights(weights, backup)
+    assert not w.any()
+
+
+# --- the fused path's bookkeeping (no kernel) ---------------------------------------------------
+
+def test_tiles_cover_every_element_once():
+    jobs = [fused.Job(f"k{i}", torch.empty(m, n), torch.empty(m, n), torch.empty(m, 4), torch.empty(4, n), 1.0)
+            for i, (m, n) in enumerate([(1, 1), (64, 128), (65, 129), (300, 17)])]
+    tiles = fused._tiles_for(jobs)
+    for j, job in enumerate(jobs):
+        seen = torch.zeros(job.view.shape, dtype=torch.int32)
+        for _, tm, tn in tiles[tiles[:, 0] == j].tolist():
+            seen[tm * fused.BLOCK_M:(tm + 1) * fused.BLOCK_M, tn * fused.BLOCK_N:(tn + 1) * fused.BLOCK_N] += 1
+        assert bool((seen == 1).all()), job.key
+
+
+def test_rounds_keep_overlapping_jobs_in_order_and_apart():
+    w, v = torch.empty(12, 4), torch.empty(6, 4)
+
+    def job(key, weight, view):
+        return fused.Job(key, weight, view, torch.empty(view.shape[0], 1), torch.empty(1, 4), 1.0)
+
+    a, b, c, d = job("w", w, w.narrow(0, 0, 4)), job("w", w, w.narrow(0, 4, 4)), job("w", w, w), job("v", v, v)
+    e = job("w", w, w.narrow(0, 2, 4))
+    rounds = fused._ordered_rounds([a, b, c, d, e])
+    assert [[j.key for j in r] for r in rounds] == [["w", "w", "v"], ["w"], ["w"]]
+    assert rounds[1] == [c] and rounds[2] == [e]
+
+
+def test_matrix_views():
+    w = torch.empty(8, 4, 3, 3)
+    assert fused.as_matrix(w) == (8, 36, 36)
+    assert fused.as_matrix(w.narrow(0, 2, 3)) == (3, 36, 36)
+    assert fused.as_matrix(torch.empty(8, 6).narrow(1, 1, 3)) == (8, 3, 6)
+    assert fused.as_matrix(torch.empty(8, 6).t()) is None
+    assert fused.as_matrix(torch.empty(5)) is None
+
+
+def test_cpu_weights_never_take_the_fused_path():
+    assert not fused.available(torch.empty(4, 4, dtype=torch.float16))
+
+
+# --- the kernels under Triton's interpreter -----------------------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels (tests/test_gpu_merge.py)")
+@pytest.mark.parametrize("min_capacity", [1 << 16, 300])
+def test_fused_kernels_under_the_interpreter(min_capacity):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    script = REPO / "tests" / "fused_scripts" / "interpret_check.py"
+    proc = subprocess.run([sys.executable, str(script), str(REPO), str(min_capacity)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same_as_torch"] == [True, True, True]
+    assert result["original_ok"] and result["still_merged_after_original"]
+    assert result["restored"] == [True, True, True]
+    assert result["nonfinite"] == []
+    assert result["records"] > 0 and result["rounds"] >= 2  # the fused slice's LoRA runs after the first
+    # a buffer of 300 records cannot hold the first launch: the skipped tiles get a second launch
+    assert (result["launches"] > result["rounds"]) == (min_capacity < result["records"])
