@@ -75,7 +75,7 @@ def full_size() -> dict[str, Any]:
 
     paths = ensure_loras()
     patcher, load_s = lora_apply.load_full_unet()
-    result = run(patcher, paths)
+    result = run(patcher, paths, repeats=5)
     result["checkpoint_load_s"] = load_s
     apply = result["devices"]["cpu"]["apply"]
     result["notes"] = [f"{len(paths)} rank-8 LoRAs stacked; targets patched core {apply['core']['targets_patched']}, "

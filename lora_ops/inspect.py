@@ -481,9 +481,9 @@ def _has_nonfinite(adapter: Adapter) -> bool:
                for t in vars(adapter).values())
 
 
-def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object],
+def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object] | KeyIndex,
                         model_shapes: Mapping[str, torch.Size], model_family: str | None,
-                        clip_keys: Mapping[str, object] | None = None,
+                        clip_keys: Mapping[str, object] | KeyIndex | None = None,
                         clip_shapes: Mapping[str, torch.Size] | None = None) -> LoraPlan:
     """:func:`~lora_ops.plan.plan_lora` at strength 1 that reports instead of refusing.
 
@@ -502,7 +502,7 @@ def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object],
         lora.parsed, modules={n: a for n, a in lora.parsed.modules.items() if n not in bad},
         bias_diffs={n: a for n, a in lora.parsed.bias_diffs.items() if n not in bad_bias}))
     plan = plan_lora(clean, **host)
-    unet_index, clip_index = KeyIndex(model_keys), KeyIndex(clip_keys or {})
+    unet_index, clip_index = KeyIndex.of(model_keys), KeyIndex.of(clip_keys)
     for names, source, is_bias in ((bad, lora.parsed.modules, False), (bad_bias, lora.parsed.bias_diffs, True)):
         for name in sorted(names):
             target, entries = unet_index.lookup(name), plan.model_entries

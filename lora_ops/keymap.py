@@ -63,7 +63,16 @@ def _as_target(value) -> Target:
 
 
 class KeyIndex:
-    """Looks module names up in a host key map, exactly first, then by canonical name."""
+    """Looks module names up in a host key map, exactly first, then by canonical name.
+
+    Building one canonicalises every name of the map (tens of ms for an SDXL UNet); hosts that plan
+    many times for one model (a strength change) build it once and pass it wherever a key map goes.
+    """
+
+    @classmethod
+    def of(cls, key_map: "Mapping[str, object] | KeyIndex | None") -> "KeyIndex":
+        """``key_map`` itself if it already is an index, else an index of it (``None``: empty)."""
+        return key_map if isinstance(key_map, KeyIndex) else cls(key_map or {})
 
     def __init__(self, key_map: Mapping[str, object]):
         self.exact: dict[str, Target] = {k: _as_target(v) for k, v in key_map.items()}
@@ -73,6 +82,9 @@ class KeyIndex:
             prev = self.canonical.get(c, target)
             # Two different weights behind one canonical spelling: only exact names may reach them.
             self.canonical[c] = target if prev == target else None
+
+    def __len__(self) -> int:
+        return len(self.exact)
 
     def lookup(self, name: str) -> Target | None:
         if name in self.exact:

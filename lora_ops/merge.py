@@ -121,12 +121,32 @@ def validate_shapes(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]
 
 def find_nonfinite(entries: Iterable[PatchEntry]) -> list[str]:
     """Module names whose stored factors hold NaN or Inf."""
-    bad = []
-    for e in entries:
-        tensors = [v for v in vars(e.adapter).values() if isinstance(v, torch.Tensor)]
-        if any(not torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
-            bad.append(e.module)
-    return bad
+    return [e.module for e in entries if not _factors_finite(e.adapter)]
+
+
+def _factors_finite(adapter: Adapter) -> bool:
+    """Whether every floating-point tensor of ``adapter`` is finite.
+
+    Remembered on the adapter for as long as its tensors are the same objects and unmodified, so that
+    planning a strength change of a cached LoRA does not scan its factors again. Modification is seen
+    through the version counter; inference tensors (a file read inside ComfyUI's execution) have none,
+    and are taken as unchanged while they are the same objects: LoRA Lab never writes into a loaded
+    LoRA's factors.
+    """
+    tensors = [v for v in vars(adapter).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    versions = [_version(t) for t in tensors]
+    memo = adapter.__dict__.get("_finite_memo")  # (the tensors themselves, their versions, result)
+    if (memo is not None and len(memo[0]) == len(tensors) and all(a is b for a, b in zip(memo[0], tensors))
+            and memo[1] == versions):
+        return memo[2]
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors)
+    adapter.__dict__["_finite_memo"] = (tensors, versions, finite)
+    return finite
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; ``None`` for inference tensors, which keep none."""
+    return None if t.is_inference() else t._version
 
 
 def _as_2d_view(t: torch.Tensor) -> torch.Tensor | None:
@@ -223,7 +243,7 @@ class Backup:
         raise KeyError(key)
 
 
-CPU_CHUNK = 1 << 18  # elements of fp32 working rows per step of the CPU merge (stays in cache)
+CPU_CHUNK = 1 << 20  # elements of the fp32 working rows per step of the CPU merge (4 MiB: stays in cache)
 
 
 def _lowrank_rows(entries: list[PatchEntry]) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
@@ -243,23 +263,24 @@ def _lowrank_rows(entries: list[PatchEntry]) -> list[tuple[torch.Tensor, torch.T
 
 
 def _merged_copy_cpu(weight: torch.Tensor, factors) -> tuple[torch.Tensor, bool]:
-    """``weight`` with every low-rank delta added, as a new tensor: fp32 math in row chunks, one
-    rounding per element; and whether the result is finite in the weight's dtype."""
+    """``weight`` with every low-rank delta added, as a new tensor: fp32 math in row chunks that stay in
+    cache (one reused working buffer), one rounding per element; and whether the result is finite in
+    the weight's dtype (one ``aminmax`` over the rounded result: an overflow has become inf there)."""
     w2d = _as_2d_view(weight)
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     o2d = out.view(out.shape[0], -1)
     rows, cols = o2d.shape
     factors = [(u.to(torch.float32), d.to(torch.float32), a) for u, d, a in factors]
-    step = max(1, CPU_CHUNK // max(cols, 1))
-    finite = True
+    step = max(1, min(rows, CPU_CHUNK // max(cols, 1)))
+    work = torch.empty(step * cols, dtype=torch.float32)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        acc = w2d[r0:r1].to(torch.float32, copy=weight.dtype == torch.float32)
+        acc = work[: (r1 - r0) * cols].view(r1 - r0, cols)
+        acc.copy_(w2d[r0:r1])
         for u, d, a in factors:
             acc.addmm_(u[r0:r1], d, alpha=a)
-        finite = _rounds_to_finite(acc, weight.dtype) and finite
         o2d[r0:r1].copy_(acc)
-    return out, finite
+    return out, _rounds_to_finite(out, weight.dtype)
 
 
 def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,

@@ -83,12 +83,15 @@ class LoraPlan:
                 + [(e.target.key, False) for e in self.skipped_zero])
 
 
-def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object], model_shapes: Mapping[str, torch.Size],
-              model_family: str | None, strength_model: float = 1.0,
-              clip_keys: Mapping[str, object] | None = None, clip_shapes: Mapping[str, torch.Size] | None = None,
+def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object] | KeyIndex,
+              model_shapes: Mapping[str, torch.Size], model_family: str | None, strength_model: float = 1.0,
+              clip_keys: Mapping[str, object] | KeyIndex | None = None,
+              clip_shapes: Mapping[str, torch.Size] | None = None,
               strength_clip: float = 1.0, weight_fn: WeightFn | None = None,
               allow_other_family: bool = False) -> LoraPlan:
     """Match, check and weigh a LoRA for one model (and optionally its text encoder).
+
+    ``model_keys``/``clip_keys``: the host's key maps, or :class:`~lora_ops.keymap.KeyIndex` es of them.
 
     Raises :class:`FamilyMismatchError` when the LoRA was made for another family (unless
     ``allow_other_family``), :class:`~lora_ops.errors.ShapeMismatchError` when matched layers do not
@@ -106,8 +109,8 @@ def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object], model_shape
     if not same_family(fam, model_family):
         plan.warnings.append(message + " Applied anyway (allow_other_family).")
 
-    unet_index = KeyIndex(model_keys)
-    clip_index = KeyIndex(clip_keys or {})
+    unet_index = KeyIndex.of(model_keys)
+    clip_index = KeyIndex.of(clip_keys)
     items = [(n, a, False) for n, a in lora.parsed.modules.items()]
     items += [(n, a, True) for n, a in lora.parsed.bias_diffs.items()]
     for name, adapter, is_bias in items:

@@ -36,11 +36,12 @@ def inspect_for_host(lora: LoadedLora, model=None, clip=None):
     if model is None:
         return inspect_lora(lora)
     family = model_family_of(model)
+    model_shapes = bridge.weight_shapes(model.model)
+    clip_shapes = bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None
     plan = plan_for_inspection(
-        lora, model_keys=bridge.model_key_map(model.model), model_shapes=bridge.weight_shapes(model.model),
-        model_family=family,
-        clip_keys=bridge.clip_key_map(clip) if clip is not None else None,
-        clip_shapes=bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None)
+        lora, model_keys=bridge.model_key_index(model.model, model_shapes), model_shapes=model_shapes,
+        model_family=family, clip_keys=bridge.clip_key_index(clip, clip_shapes) if clip is not None else None,
+        clip_shapes=clip_shapes)
     return inspect_lora(lora, plan=plan, model_family=family, base_weights=_base_weights(model, clip))
 
 

@@ -102,12 +102,14 @@ def plan_for(model, clip, lora: LoadedLora, strength_model: float, strength_clip
              allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> tuple[LoraPlan, str]:
     """Match and check ``lora`` for ``model``/``clip``; return the plan and its report (no clone yet)."""
     family = model_family_of(model)
+    model_shapes = bridge.weight_shapes(model.model)
+    clip_shapes = bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None
     plan = plan_lora(
         lora,
-        model_keys=bridge.model_key_map(model.model), model_shapes=bridge.weight_shapes(model.model),
+        model_keys=bridge.model_key_index(model.model, model_shapes), model_shapes=model_shapes,
         model_family=family, strength_model=strength_model,
-        clip_keys=bridge.clip_key_map(clip) if clip is not None else None,
-        clip_shapes=bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None,
+        clip_keys=bridge.clip_key_index(clip, clip_shapes) if clip is not None else None,
+        clip_shapes=clip_shapes,
         strength_clip=strength_clip, weight_fn=block_weights.factor if block_weights is not None else None,
         allow_other_family=allow_other_family)
     table = block_table(block_weights, plan.block_targets()) if block_weights is not None else None

@@ -67,6 +67,28 @@ def test_swap_path_overflow_restores_and_names_the_layer():
     assert weights["w"] is w and bool((w == 60000.0).all())
 
 
+def test_factor_scan_is_remembered_until_a_factor_changes(monkeypatch):
+    scans = []
+    real_isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: scans.append(t) or real_isfinite(t))
+    lora = _lora(6, 5, 2, seed=4)
+    entry = merge_mod.PatchEntry(Target("w"), lora, 1.0, "m")
+    assert merge_mod.find_nonfinite([entry]) == [] and len(scans) == 2
+    assert merge_mod.find_nonfinite([entry]) == [] and len(scans) == 2  # a strength change: no rescan
+    lora.up[0, 0] = float("nan")  # written in place: the version counter moves
+    assert merge_mod.find_nonfinite([entry]) == ["m"]
+    lora.up = torch.ones(6, 2)  # replaced by another tensor
+    assert merge_mod.find_nonfinite([entry]) == []
+    with torch.inference_mode():  # as a file read inside ComfyUI's execution: no version counter
+        frozen = _lora(6, 5, 2, seed=5)
+    frozen_entry = merge_mod.PatchEntry(Target("w"), frozen, 1.0, "f")
+    before = len(scans)
+    assert merge_mod.find_nonfinite([frozen_entry]) == merge_mod.find_nonfinite([frozen_entry]) == []
+    assert len(scans) == before + 2
+    frozen.down = torch.full((2, 5), float("inf"))
+    assert merge_mod.find_nonfinite([frozen_entry]) == ["f"]
+
+
 def test_swap_path_leaves_fused_slices_to_the_copy_path():
     w = torch.zeros(9, 4)
     up, down = torch.ones(3, 1), torch.ones(1, 4)
