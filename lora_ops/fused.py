@@ -18,7 +18,8 @@ What is held while a LoRA is merged: the factors in the weight's dtype on the de
 20 bytes per tile of ``BLOCK_M x BLOCK_N`` elements, and 4 bytes per recorded element (the share of
 elements grows with ``|dW| / |W|``: about 1% at 1%, 7% at 10%). The record buffer is sized before
 the launch; a tile whose records do not fit is left unmerged and flagged, and a second launch merges
-the flagged tiles into a buffer of the exact size, so nothing is ever lost.
+the flagged tiles into a buffer of the exact size, so nothing is ever lost. A launch covers at most
+``ROUND_ELEMENTS`` weight elements, so that buffer is bounded (64 MiB) whatever the model's size.
 
 Each launch merges at most one LoRA into a weight (tiles of one launch must not overlap); a weight
 with several LoRAs gets one launch per LoRA ("rounds"), undone in reverse order.
@@ -49,6 +50,9 @@ BLOCK_N = 128
 BLOCK_K = 16
 NUM_WARPS = 4
 FIX_BLOCK = 1024
+# Weight elements one launch merges at most: its record buffer (capacity_fraction of them, 4 bytes each:
+# 64 MiB at 1/16) is what patching needs beyond the records kept, instead of one buffer for the model.
+ROUND_ELEMENTS = 1 << 28
 _LOCAL_SHIFT = 16  # record = (element index in its tile) << 16 | original 16 bits
 
 HALF = (torch.float16, torch.bfloat16)
@@ -311,7 +315,7 @@ def _tiles_for(jobs: Sequence[Job], device: torch.device | None = None) -> torch
     if device is not None:
         tiles = tiles.to(device)
     _TILES[key] = tiles
-    while len(_TILES) > 8:
+    while len(_TILES) > 64:  # a model's launches, and a few more
         _TILES.popitem(last=False)
     return tiles
 
@@ -454,25 +458,47 @@ class FusedMerge:
         return copy
 
 
-def merge_lowrank(jobs: list[Job], *, capacity_fraction: float = 1 / 16,
-                  min_capacity: int = 4096) -> tuple[FusedMerge, list[str]]:
+def merge_lowrank(jobs: list[Job], *, capacity_fraction: float = 1 / 16, min_capacity: int = 4096,
+                  max_elements: int = ROUND_ELEMENTS) -> tuple[FusedMerge, list[str]]:
     """Merge every job in place; return the record that undoes them, and the keys of weights that are
     no longer finite (the caller restores and reports them).
 
-    Jobs on the same weight go to successive rounds, in the order given."""
+    Jobs on the same weight go to successive rounds, in the order given. A launch merges at most
+    ``max_elements`` weight elements (whole weights; a larger weight gets a launch of its own), so the
+    record buffer sized before each launch stays bounded. If anything fails part-way, what was merged
+    is undone before the error propagates."""
     rounds_jobs = _ordered_rounds(jobs)  # a weight's jobs run in the order given, one per round
     merged = FusedMerge([])
     bad: list[str] = []
-    with torch.no_grad():
-        for group in rounds_jobs:
-            by_kind: dict[tuple[torch.dtype, bool], list[Job]] = {}
-            for j in group:
-                by_kind.setdefault((j.view.dtype, j.aligned), []).append(j)
-            for (_, aligned), kind_jobs in by_kind.items():
-                rnd = _round_for(kind_jobs, aligned)
-                bad += _merge_round(rnd, capacity_fraction, min_capacity)
-                merged.rounds.append(rnd)
+    try:
+        with torch.no_grad():
+            for group in rounds_jobs:
+                by_kind: dict[tuple[torch.dtype, bool], list[Job]] = {}
+                for j in group:
+                    by_kind.setdefault((j.view.dtype, j.aligned), []).append(j)
+                for (_, aligned), kind_jobs in by_kind.items():
+                    for part in _parts(kind_jobs, max_elements):
+                        rnd = _round_for(part, aligned)
+                        merged.rounds.append(rnd)  # before the launch: a failure undoes its recorded tiles
+                        bad += _merge_round(rnd, capacity_fraction, min_capacity)
+    except BaseException:
+        merged.restore()
+        raise
     return merged, sorted(set(bad))
+
+
+def _parts(jobs: list[Job], max_elements: int) -> list[list[Job]]:
+    """``jobs`` in order, cut into runs of at most ``max_elements`` elements (a larger job alone)."""
+    parts: list[list[Job]] = []
+    size = 0
+    for job in jobs:
+        n = job.matrix[0] * job.matrix[1]
+        if not parts or size + n > max_elements:
+            parts.append([])
+            size = 0
+        parts[-1].append(job)
+        size += n
+    return parts
 
 
 def _span(view: torch.Tensor) -> tuple[int, int]:

@@ -41,16 +41,19 @@ def _case(shape, rank, rel, dtype, g):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rel", [0.01, 0.1, 0.3])
-def test_fused_merge_equals_fp32_math_and_restores_every_bit(dtype, rel):
+@pytest.mark.parametrize("rel,max_elements", [(0.01, fused.ROUND_ELEMENTS), (0.1, fused.ROUND_ELEMENTS),
+                                              (0.3, fused.ROUND_ELEMENTS), (0.1, 1 << 20)])
+def test_fused_merge_equals_fp32_math_and_restores_every_bit(dtype, rel, max_elements):
     g = torch.Generator(device=CUDA).manual_seed(5)
     cases, jobs = [], []
     for i, shape in enumerate(SHAPES * 3):
         w, up, down, coeff = _case(shape, (4, 16, 32, 64, 128)[i % 5], rel, dtype, g)
         cases.append((w, w.clone(), up, down, coeff))
         jobs.append(fused.Job(f"k{i}", w, w, up, down, coeff))
-    merged, nonfinite = fused.merge_lowrank(jobs)
+    merged, nonfinite = fused.merge_lowrank(jobs, max_elements=max_elements)
     assert nonfinite == []
+    if max_elements < sum(w.numel() for w, *_ in cases):
+        assert fused.coverage(merged)["rounds"] > 2  # cut into several launches
     merged_now = [w.clone() for w, *_ in cases]
     share = merged.records / merged.elements
     assert 0 < share < 0.5

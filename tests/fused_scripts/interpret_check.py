@@ -4,7 +4,9 @@ Started by tests/test_fused.py in a child process, because ``TRITON_INTERPRET=1`
 before Triton is imported. Checks, on fp16 weights of awkward sizes (partial tiles, a fused slice
 with a second LoRA, a small and a large rank): the merge equals ``round(W + a * up @ down)``
 computed by torch in fp32, bit for bit; ``original()`` rebuilds the unmerged weight; ``restore()``
-gives the original bits back; a record buffer too small for the first launch still loses nothing.
+gives the original bits back; a record buffer too small for the first launch still loses nothing;
+weights cut into several launches (``max_elements``) give the same bits; a launch that fails
+part-way leaves every weight as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lora_ops import fused  # noqa: E402
 BITS = torch.int16
 
 
-def main(min_capacity: int) -> dict:
+def main(min_capacity: int, max_elements: int) -> dict:
     g = torch.Generator().manual_seed(11)
     cases = []
     jobs = []
@@ -40,7 +42,27 @@ def main(min_capacity: int) -> dict:
     first["parts"].append((slice(10, 40), up2, down2, 2.5))
     jobs.append(fused.Job("w70", first["w"], first["w"].narrow(0, 10, 30), up2, down2, 2.5))
 
-    merged, nonfinite = fused.merge_lowrank(jobs, capacity_fraction=0.0, min_capacity=min_capacity)
+    # a launch that fails part-way (here: the third) leaves every weight as it was
+    real_merge_round, calls = fused._merge_round, []
+
+    def failing_merge_round(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated launch failure")
+        return real_merge_round(*args, **kwargs)
+
+    fused._merge_round = failing_merge_round
+    try:
+        fused.merge_lowrank(jobs, capacity_fraction=0.0, min_capacity=min_capacity, max_elements=max_elements)
+        failure_raised = False
+    except RuntimeError:
+        failure_raised = True
+    finally:
+        fused._merge_round = real_merge_round
+    untouched_after_failure = [bool(torch.equal(c["w"].view(BITS), c["orig"].view(BITS))) for c in cases]
+
+    merged, nonfinite = fused.merge_lowrank(jobs, capacity_fraction=0.0, min_capacity=min_capacity,
+                                            max_elements=max_elements)
     info = fused.coverage(merged)
     same_as_torch = []
     for case in cases:
@@ -52,9 +74,10 @@ def main(min_capacity: int) -> dict:
     still_merged = not torch.equal(first["w"].view(BITS), first["orig"].view(BITS))
     merged.restore()
     restored = [bool(torch.equal(c["w"].view(BITS), c["orig"].view(BITS))) for c in cases]
-    return {"same_as_torch": same_as_torch, "original_ok": original_ok, "still_merged_after_original": still_merged,
+    return {"failure_raised": failure_raised, "untouched_after_failure": untouched_after_failure,
+            "same_as_torch": same_as_torch, "original_ok": original_ok, "still_merged_after_original": still_merged,
             "restored": restored, "nonfinite": nonfinite, **info}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(int(sys.argv[2]))))
+    print(json.dumps(main(int(sys.argv[2]), int(sys.argv[3]))))
