@@ -6,7 +6,9 @@ LoRA (``rank32_lora``), same seed, sampler and size. Core: for each weight ``Lor
 class, which caches the file between cells as it does in a graph) on model and CLIP, two
 ``CLIPTextEncode``, ``KSampler`` (``nodes.common_ksampler``) and ``VAEDecode``; plus one plain image.
 LoRA Lab: one ``LoraLabSweep`` call (reference + one batch of 10). Wall time per sweep, best of
-``repeats``; the largest pixel difference between the two sets of images is reported next to it.
+``repeats``; the largest pixel difference between the two sets of images is reported next to it. Also
+timed: one plain image at the same settings (the issue's yardstick: a sweep in at most 3x its time
+on a GPU), and both sweeps as multiples of it.
 """
 
 from __future__ import annotations
@@ -23,17 +25,24 @@ SETTINGS = {"cpu": {"size": 128, "steps": 4}, "cuda": {"size": 512, "steps": 20}
 PROMPT, NEGATIVE, SEED, CFG = "a lighthouse on a cliff at dawn", "blurry", 7, 5.0
 
 
+def _core_image(model, clip, vae, size: int, steps: int) -> torch.Tensor:
+    """One image the way a plain graph makes it: two ``CLIPTextEncode``, ``KSampler``, ``VAEDecode``."""
+    import nodes  # ComfyUI's nodes.py  # noqa: PLC0415
+
+    pos = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
+    neg = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
+    latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
+    out = nodes.common_ksampler(model, SEED, steps, CFG, "euler", "normal", pos, neg, latent, disable_noise=False)[0]
+    return vae.decode(out["samples"])[0].float().cpu()
+
+
 def _core_sweep(model, clip, vae, lora_name: str, weights: list[float], size: int, steps: int) -> torch.Tensor:
     import nodes  # ComfyUI's nodes.py  # noqa: PLC0415
 
     loader, images = nodes.LoraLoader(), []
     for w in [0.0] + weights:
         m, c = (model, clip) if w == 0.0 else loader.load_lora(model, clip, lora_name, w, w)
-        pos = nodes.CLIPTextEncode().encode(c, PROMPT)[0]
-        neg = nodes.CLIPTextEncode().encode(c, NEGATIVE)[0]
-        latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
-        out = nodes.common_ksampler(m, SEED, steps, CFG, "euler", "normal", pos, neg, latent, disable_noise=False)[0]
-        images.append(vae.decode(out["samples"])[0].float().cpu())
+        images.append(_core_image(m, c, vae, size, steps))
     return torch.stack(images)
 
 
@@ -71,7 +80,7 @@ def run(checkpoint, lora_path, *, repeats: int = 1, settings: dict | None = None
     with use_model_dirs(loras_dir=lora_path.parent, output_dir=tempfile.mkdtemp(prefix="lora-lab-bench-")):
         for device in [mm.get_torch_device().type]:
             s = settings[device]
-            core_t, lab_t, core_imgs, lab_imgs, report = [], [], None, None, None
+            core_t, lab_t, one_t, core_imgs, lab_imgs, report = [], [], [], None, None, None
             for _ in range(repeats):
                 core_imgs, t = _timed(lambda: _core_sweep(model, clip, vae, lora_path.name, weights, s["size"], s["steps"]),
                                       device)
@@ -79,9 +88,14 @@ def run(checkpoint, lora_path, *, repeats: int = 1, settings: dict | None = None
                 (lab_imgs, report), t = _timed(lambda: _lab_sweep(model, clip, vae, lora_path.name, weights,
                                                                   s["size"], s["steps"]), device)
                 lab_t.append(t)
+                # the issue's yardstick: one plain image at the same settings, no LoRA, timed warm (after
+                # the sweeps, so that no first-run cost of the model or the sampler falls on it)
+                _, t = _timed(lambda: _core_image(model, clip, vae, s["size"], s["steps"]), device)
+                one_t.append(t)
             mm.soft_empty_cache()
             result["devices"][device] = {
                 **s, "core_s": min(core_t), "lora_lab_s": min(lab_t), "all_core_s": core_t, "all_lora_lab_s": lab_t,
+                "single_image_s": min(one_t), "all_single_image_s": one_t,
                 "mode": report["mode"], "max_pixel_diff": (core_imgs - lab_imgs).abs().max().item(),
                 "reference_bit_exact": bool(torch.equal(core_imgs[0], lab_imgs[0])),
                 "break_point": report["break_points"][0]}
@@ -108,4 +122,9 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "scenario": f"{len(result['weights'])} weights + reference, {r['size']}px {r['steps']} steps",
                      "metric": "wall s", "core": r["core_s"], "lora_lab": r["lora_lab_s"],
                      "ratio": r["core_s"] / r["lora_lab_s"]})
+        if "single_image_s" in r:
+            one = r["single_image_s"]
+            rows.append({"benchmark": "sweep", "device": dev, "scenario": f"the sweep / one plain image ({one:.2f} s)",
+                         "metric": "x one image", "core": r["core_s"] / one, "lora_lab": r["lora_lab_s"] / one,
+                         "ratio": r["core_s"] / r["lora_lab_s"]})
     return rows

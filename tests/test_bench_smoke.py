@@ -106,7 +106,9 @@ def test_sweep_bench_runs_both_sides_and_they_agree():
     r = result["devices"]["cpu"]
     assert r["core_s"] > 0 and r["lora_lab_s"] > 0 and r["mode"].startswith("batched")
     assert r["reference_bit_exact"] and r["max_pixel_diff"] < 1e-3
-    assert sweep.ratios(result)[0]["ratio"] > 0
+    rows = sweep.ratios(result)
+    assert rows[0]["ratio"] > 0 and r["single_image_s"] > 0
+    assert rows[1]["metric"] == "x one image" and rows[1]["lora_lab"] == r["lora_lab_s"] / r["single_image_s"]
     import gc
 
     import comfy.model_management as mm
