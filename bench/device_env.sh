@@ -4,6 +4,7 @@
 #   bash bench/device_env.sh pack            # here, before lending: make .carry/comfyui.tar.gz
 #   bash bench/device_env.sh [NAME ...]      # there, from the repository root: prepare, then run
 #                                            #   python3 -m bench NAME ... (default: lora_apply_sdxl lora_apply)
+#   bash bench/device_env.sh all             # there: the GPU tests, then lora_apply_sdxl lora_apply sweep
 #
 # What the machine is assumed to have: python3 (3.12) with torch (CUDA), triton, peft, transformers,
 # safetensors, numpy, pillow, psutil, scipy, aiohttp, einops, pyyaml, tqdm. What travels with the working
@@ -89,6 +90,13 @@ print(f"[device_env] python {platform.python_version()}, torch {torch.__version_
       f"diffusers {has_diffusers}", flush=True)
 EOF
 
+if [ "${1:-}" = "all" ]; then
+    # one call for a whole GPU session: the GPU tests, then every benchmark that has GPU figures
+    log "GPU tests: tests/test_gpu_merge.py tests/test_fused.py"
+    "$PY" -m pytest -q tests/test_gpu_merge.py tests/test_fused.py 2>&1 | tee -a "$logfile" \
+        || log "GPU tests FAILED (see $logfile); the benchmarks run anyway"
+    set -- lora_apply_sdxl lora_apply sweep
+fi
 if [ "$#" -eq 0 ]; then
     set -- lora_apply_sdxl lora_apply
 fi
