@@ -8,13 +8,14 @@ Three paths, chosen per weight:
   the same product and writes those bits back. No backup of the weights, one read and one write per
   weight element, one launch for all weights.
 * CPU (``in_place=False``, as the ComfyUI bridge asks): the merged weight is computed into a new
-  tensor, in row chunks that stay in cache (fp32 math, one rounding), and swapped in; the original
-  tensor itself is the backup, so restoring is swapping it back.
-* Everything else (LoHa/LoKr/full/DoRA on the GPU, fused slices on the CPU, Triton missing, callers
-  that need the very tensors written): the weight is copied to ``backup_device`` first, every delta
-  is added in place (on the GPU in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed
-  in fp16/bf16 on the device; on the CPU through one fp32 copy of the layer) and the copy is written
-  back on restore.
+  tensor and swapped in; the original tensor itself is the backup, so restoring is swapping it back.
+  Plain low-rank adapters on the whole weight are computed in row chunks that stay in cache (fp32
+  math, one rounding); everything else (LoHa/LoKr/full/DoRA, fused slices) by the general merge below,
+  applied to a copy.
+* Everything else (LoHa/LoKr/full/DoRA on the GPU, Triton missing, callers that need the very tensors
+  written): the weight is copied to ``backup_device`` first, every delta is added in place (on the GPU
+  in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed in fp16/bf16 on the device; on
+  the CPU through one fp32 copy of the layer) and the copy is written back on restore.
 
 DoRA: the delta is normalised against the base weight ``W0`` (the weight before this merge), so
 several DoRAs stack in any order (see ``adapters.dora_delta``).
@@ -308,24 +309,20 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     jobs += key_jobs
                     continue
                 if not in_place and weight.device.type == "cpu":
+                    # swap in a merged copy; the original tensor, untouched, is the backup
                     factors = _lowrank_rows(group)
                     if factors is not None and _as_2d_view(weight) is not None:
                         merged, finite = _merged_copy_cpu(weight, factors)
-                        backup.replaced[key] = weight
-                        weights[key] = merged
-                        if check_finite and not finite:
-                            bad.append(key)
-                        continue
+                    else:  # LoHa/LoKr/full/DoRA, fused slices: the general merge, into a copy
+                        merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)
+                        finite = _merge_group(merged, weight, group)
+                    backup.replaced[key] = weight
+                    weights[key] = merged
+                    if check_finite and not finite:
+                        bad.append(key)
+                    continue
                 backup.copies[key] = weight.detach().to(backup_device, copy=True)
-                by_offset: dict[object, list[PatchEntry]] = {}
-                for e in group:
-                    by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
-                finite = True
-                for offset, es in by_offset.items():
-                    view = target_view(weight, offset)
-                    needs_base = any(e.adapter.magnitude is not None for e in es)
-                    base = target_view(backup.copies[key], offset).to(weight.device) if needs_base else None
-                    finite = _merge_one(view, base, es) and finite
+                finite = _merge_group(weight, backup.copies[key], group)
                 if check_finite and not finite:
                     bad.append(key)
             if jobs:
@@ -338,6 +335,21 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
         restore_weights(weights, backup)
         raise
     return backup
+
+
+def _merge_group(weight: torch.Tensor, original: torch.Tensor, group: list[PatchEntry]) -> bool:
+    """Add every entry of one weight's ``group`` to ``weight`` in place, slice by slice; ``original``
+    holds the unpatched values (DoRA's base). Returns whether the result is finite in its dtype."""
+    by_offset: dict[object, list[PatchEntry]] = {}
+    for e in group:
+        by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
+    finite = True
+    for offset, es in by_offset.items():
+        view = target_view(weight, offset)
+        needs_base = any(e.adapter.magnitude is not None for e in es)
+        base = target_view(original, offset).to(weight.device) if needs_base else None
+        finite = _merge_one(view, base, es) and finite
+    return finite
 
 
 def _fused_jobs(key: str, weight: torch.Tensor, group: list[PatchEntry]) -> list[fused.Job] | None:

@@ -89,16 +89,43 @@ def test_factor_scan_is_remembered_until_a_factor_changes(monkeypatch):
     assert merge_mod.find_nonfinite([frozen_entry]) == ["f"]
 
 
-def test_swap_path_leaves_fused_slices_to_the_copy_path():
-    w = torch.zeros(9, 4)
-    up, down = torch.ones(3, 1), torch.ones(1, 4)
+def _every_kind(rows, cols, seed):
+    """One adapter of every kind LoRA Lab applies, for a ``rows x cols`` weight (DoRA on a LoRA)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.1
+
+    return {
+        "loha": ops.LohaWeights(w1a=r(rows, 2), w1b=r(2, cols), w2a=r(rows, 2), w2b=r(2, cols), alpha=1.0),
+        "lokr": ops.LokrWeights(w1=r(2, 2), w2a=r(rows // 2, 2), w2b=r(2, cols // 2), alpha=2.0),
+        "full": ops.FullDiff(diff=r(rows, cols)),
+        "dora": ops.LoraWeights(up=r(rows, 2), down=r(2, cols), alpha=2.0, magnitude=r(rows).abs() + 1.0),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["loha", "lokr", "full", "dora", "slice"])
+def test_swap_path_takes_every_kind_and_equals_the_copy_path(dtype, kind):
+    g = torch.Generator().manual_seed(7)
+    w = (torch.randn(12, 8, generator=g) * 0.3).to(dtype)
+    original = w.clone()
+    if kind == "slice":  # a fused weight's slice (Flux's qkv): rows 3..5 only, plus a LoRA on the whole
+        entries = [merge_mod.PatchEntry(Target("w", (0, 3, 3)), _lora(3, 8, 2, seed=1), 1.0, "k"),
+                   merge_mod.PatchEntry(Target("w"), _lora(12, 8, 2, seed=2), 0.5, "all")]
+    else:
+        entries = [merge_mod.PatchEntry(Target("w"), _every_kind(12, 8, seed=3)[kind], 0.8, kind),
+                   merge_mod.PatchEntry(Target("w"), _lora(12, 8, 2, seed=4), -0.6, "lora")]
+    reference = {"w": w.clone()}
+    merge_mod.apply_patches(reference, entries)  # in place, behind a copy
     weights = {"w": w}
-    backup = merge_mod.apply_patches(
-        weights, [merge_mod.PatchEntry(Target("w", (0, 3, 3)), ops.LoraWeights(up=up, down=down), 1.0, "k")],
-        in_place=False)
-    assert weights["w"] is w and "w" in backup.copies and bool((w[3:6] == 1).all()) and not w[:3].any()
+    backup = merge_mod.apply_patches(weights, entries, in_place=False)
+    assert weights["w"] is not w and torch.equal(w, original) and backup.replaced["w"] is w
+    assert not backup.copies
+    assert torch.equal(weights["w"], reference["w"])  # the same merge, bit for bit
+    assert not torch.equal(weights["w"], original)
     merge_mod.restore_weights(weights, backup)
-    assert not w.any()
+    assert weights["w"] is w and torch.equal(w, original)
 
 
 # --- the fused path's bookkeeping (no kernel) ---------------------------------------------------
