@@ -483,22 +483,27 @@ def check_half(patcher, dtype: torch.dtype = torch.float16) -> dict[str, Any]:
             "unet_bytes": sum(p.numel() * p.element_size() for _, p in params)}
 
 
+_TARGET_MARKS = (".lora_down.weight", ".hada_w1_b", ".lokr_w1", ".lokr_w1_a")  # one per target and kind
+_RANK_KEYS = (".lora_down.weight", ".hada_w1_b")  # first dimension = rank
+
+
 def lora_stats(path: Path) -> dict[str, Any]:
+    """Targets, ranks and parameter count of a LoRA (LoRA/LoCon) or LyCORIS (LoHa/LoKr) file."""
     from safetensors import safe_open  # noqa: PLC0415
 
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
-        downs = [k for k in keys if k.endswith(".lora_down.weight")]
-        ranks = sorted({int(f.get_slice(k).get_shape()[0]) for k in downs})
+        targets = {k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in keys if k.endswith(_TARGET_MARKS)}
+        ranks = sorted({int(f.get_slice(k).get_shape()[0]) for k in keys if k.endswith(_RANK_KEYS)})
         params = 0
         for k in keys:
-            if k.endswith((".lora_down.weight", ".lora_up.weight")):
-                shape = f.get_slice(k).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                params += n
-    return {"path": str(path), "file_bytes": path.stat().st_size, "targets": len(downs), "ranks": ranks,
+            if k.endswith(".alpha") or k.endswith(".dora_scale"):
+                continue
+            n = 1
+            for d in f.get_slice(k).get_shape():
+                n *= d
+            params += n
+    return {"path": str(path), "file_bytes": path.stat().st_size, "targets": len(targets), "ranks": ranks,
             "lora_params": params}
 
 

@@ -108,6 +108,13 @@ class LohaWeights:
     def low_rank(self):
         return None
 
+    def hadamard_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
+        """``(w1a, w1b, w2a, w2b, scale)`` in 2-D with ``dW = ((w1a @ w1b) * (w2a @ w2b)) * scale``, for
+        merges that compute the delta a block of rows at a time; ``None`` with Tucker cores."""
+        if self.t1 is not None or self.t2 is not None:
+            return None
+        return _flat2d(self.w1a), _flat2d(self.w1b), _flat2d(self.w2a), _flat2d(self.w2b), self.scale
+
     def delta(self, shape: torch.Size, dtype=torch.float32, device=None) -> torch.Tensor:
         def part(a, b, t):
             a = a.to(device=device, dtype=dtype)

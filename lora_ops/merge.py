@@ -9,9 +9,9 @@ Three paths, chosen per weight:
   weight element, one launch for all weights.
 * CPU (``in_place=False``, as the ComfyUI bridge asks): the merged weight is computed into a new
   tensor and swapped in; the original tensor itself is the backup, so restoring is swapping it back.
-  Plain low-rank adapters on the whole weight are computed in row chunks that stay in cache (fp32
-  math, one rounding); everything else (LoHa/LoKr/full/DoRA, fused slices) by the general merge below,
-  applied to a copy.
+  LoRA/LoCon and LoHa adapters on the whole weight are computed in row chunks that stay in cache
+  (fp32 math, one rounding); everything else (LoKr/full/DoRA, Tucker cores, fused slices) by the
+  general merge below, applied to a copy.
 * Everything else (LoHa/LoKr/full/DoRA on the GPU, Triton missing, callers that need the very tensors
   written): the weight is copied to ``backup_device`` first, every delta is added in place (on the GPU
   in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed in fp16/bf16 on the device; on
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fused
-from .adapters import Adapter, dora_delta
+from .adapters import Adapter, LohaWeights, dora_delta
 from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
 from .keymap import Target
 
@@ -247,39 +247,69 @@ class Backup:
 CPU_CHUNK = 1 << 20  # elements of the fp32 working rows per step of the CPU merge (4 MiB: stays in cache)
 
 
-def _lowrank_rows(entries: list[PatchEntry]) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
-    """``(up, down, alpha)`` per entry if every entry is a plain low-rank adapter on the whole weight."""
+@dataclass
+class _RowTerm:
+    """One entry's delta, computable for any block of rows: ``alpha * a[rows] @ b`` (LoRA/LoCon), or
+    ``alpha * ((a[rows] @ b) * (c[rows] @ d)) * scale`` (LoHa, the general path's order of operations)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    alpha: float
+    c: torch.Tensor | None = None
+    d: torch.Tensor | None = None
+    scale: float = 1.0
+
+
+def _row_terms(entries: list[PatchEntry]) -> list[_RowTerm] | None:
+    """A :class:`_RowTerm` per entry if every entry is a plain low-rank or LoHa adapter (no Tucker core,
+    no DoRA) on the whole weight; ``None`` otherwise."""
     out = []
     for e in entries:
         if e.strength == 0.0:
             continue
-        if (e.target.offset is not None and not e.is_bias) or e.adapter.magnitude is not None:
+        a = e.adapter
+        if (e.target.offset is not None and not e.is_bias) or a.magnitude is not None:
             return None
-        lr = e.adapter.low_rank()
-        if lr is None:
+        lr = a.low_rank()
+        if lr is not None:
+            up, down, scale = lr
+            out.append(_RowTerm(up, down, e.strength * scale))
+        elif isinstance(a, LohaWeights) and (hf := a.hadamard_factors()) is not None:
+            w1a, w1b, w2a, w2b, scale = hf
+            out.append(_RowTerm(w1a, w1b, e.strength, w2a, w2b, scale))
+        else:
             return None
-        up, down, scale = lr
-        out.append((up, down, e.strength * scale))
     return out
 
 
-def _merged_copy_cpu(weight: torch.Tensor, factors) -> tuple[torch.Tensor, bool]:
-    """``weight`` with every low-rank delta added, as a new tensor: fp32 math in row chunks that stay in
-    cache (one reused working buffer), one rounding per element; and whether the result is finite in
-    the weight's dtype (one ``aminmax`` over the rounded result: an overflow has become inf there)."""
+def _merged_copy_cpu(weight: torch.Tensor, terms: list[_RowTerm]) -> tuple[torch.Tensor, bool]:
+    """``weight`` with every delta added, as a new tensor: fp32 math in row chunks that stay in cache
+    (reused working buffers), one rounding per element; and whether the result is finite in the
+    weight's dtype (one ``aminmax`` over the rounded result: an overflow has become inf there)."""
     w2d = _as_2d_view(weight)
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     o2d = out.view(out.shape[0], -1)
     rows, cols = o2d.shape
-    factors = [(u.to(torch.float32), d.to(torch.float32), a) for u, d, a in factors]
+    f32 = torch.float32
+    terms = [_RowTerm(t.a.to(f32), t.b.to(f32), t.alpha, None if t.c is None else t.c.to(f32),
+                      None if t.d is None else t.d.to(f32), t.scale) for t in terms]
     step = max(1, min(rows, CPU_CHUNK // max(cols, 1)))
-    work = torch.empty(step * cols, dtype=torch.float32)
+    work = torch.empty(step * cols, dtype=f32)
+    hada = any(t.c is not None for t in terms)
+    left = torch.empty(step * cols, dtype=f32) if hada else None
+    right = torch.empty(step * cols, dtype=f32) if hada else None
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        acc = work[: (r1 - r0) * cols].view(r1 - r0, cols)
+        n = (r1 - r0) * cols
+        acc = work[:n].view(r1 - r0, cols)
         acc.copy_(w2d[r0:r1])
-        for u, d, a in factors:
-            acc.addmm_(u[r0:r1], d, alpha=a)
+        for t in terms:
+            if t.c is None:
+                acc.addmm_(t.a[r0:r1], t.b, alpha=t.alpha)
+                continue
+            p = torch.mm(t.a[r0:r1], t.b, out=left[:n].view(r1 - r0, cols))
+            p.mul_(torch.mm(t.c[r0:r1], t.d, out=right[:n].view(r1 - r0, cols))).mul_(t.scale)
+            acc.add_(p, alpha=t.alpha)
         o2d[r0:r1].copy_(acc)
     return out, _rounds_to_finite(out, weight.dtype)
 
@@ -310,10 +340,10 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     continue
                 if not in_place and weight.device.type == "cpu":
                     # swap in a merged copy; the original tensor, untouched, is the backup
-                    factors = _lowrank_rows(group)
-                    if factors is not None and _as_2d_view(weight) is not None:
-                        merged, finite = _merged_copy_cpu(weight, factors)
-                    else:  # LoHa/LoKr/full/DoRA, fused slices: the general merge, into a copy
+                    terms = _row_terms(group)
+                    if terms is not None and _as_2d_view(weight) is not None:
+                        merged, finite = _merged_copy_cpu(weight, terms)
+                    else:  # LoKr/full/DoRA, Tucker cores, fused slices: the general merge, into a copy
                         merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)
                         finite = _merge_group(merged, weight, group)
                     backup.replaced[key] = weight

@@ -95,6 +95,21 @@ def test_train_bench_runs_both_paths_on_the_small_model():
     assert len(rows) == 4 and all(r["ratio"] is not None and r["ratio"] > 0 for r in rows)
 
 
+def test_lycoris_bench_path_on_a_loha_file():
+    """``lycoris_apply`` runs ``lora_apply``'s scenarios on a LoHa file: here the small LyCORIS fixture."""
+    import_pack()
+    from bench import lora_apply, lycoris_apply
+
+    patcher, _ = models.small_sd15(torch.float16)
+    result = lora_apply.run(patcher, fixtures.build("sd15")["loha"].path, repeats=1, warmup=0, strength_repeats=1,
+                            cuda=False)
+    assert result["lora"]["targets"] > 0 and result["lora"]["ranks"] == [fixtures.RANK]
+    assert lora_apply.bit_exact(result)
+    apply = result["devices"]["cpu"]["apply"]
+    assert apply["core"]["targets_patched"] == apply["lora_lab"]["targets_patched"] > 0
+    assert all(r["benchmark"] == "lycoris_apply" for r in lycoris_apply.ratios(result))
+
+
 def test_sweep_bench_runs_both_sides_and_they_agree():
     """The sweep benchmark's code path at a tiny size: both sides render the same images."""
     import_pack()

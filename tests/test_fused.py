@@ -106,16 +106,17 @@ def _every_kind(rows, cols, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["loha", "lokr", "full", "dora", "slice"])
-def test_swap_path_takes_every_kind_and_equals_the_copy_path(dtype, kind):
+def test_swap_path_takes_every_kind_and_equals_the_copy_path(dtype, kind, monkeypatch):
+    monkeypatch.setattr(merge_mod, "CPU_CHUNK", 24)  # LoRA and LoHa rows in chunks of 3, the last one partial
     g = torch.Generator().manual_seed(7)
-    w = (torch.randn(12, 8, generator=g) * 0.3).to(dtype)
+    w = (torch.randn(14, 8, generator=g) * 0.3).to(dtype)
     original = w.clone()
     if kind == "slice":  # a fused weight's slice (Flux's qkv): rows 3..5 only, plus a LoRA on the whole
         entries = [merge_mod.PatchEntry(Target("w", (0, 3, 3)), _lora(3, 8, 2, seed=1), 1.0, "k"),
-                   merge_mod.PatchEntry(Target("w"), _lora(12, 8, 2, seed=2), 0.5, "all")]
+                   merge_mod.PatchEntry(Target("w"), _lora(14, 8, 2, seed=2), 0.5, "all")]
     else:
-        entries = [merge_mod.PatchEntry(Target("w"), _every_kind(12, 8, seed=3)[kind], 0.8, kind),
-                   merge_mod.PatchEntry(Target("w"), _lora(12, 8, 2, seed=4), -0.6, "lora")]
+        entries = [merge_mod.PatchEntry(Target("w"), _every_kind(14, 8, seed=3)[kind], 0.8, kind),
+                   merge_mod.PatchEntry(Target("w"), _lora(14, 8, 2, seed=4), -0.6, "lora")]
     reference = {"w": w.clone()}
     merge_mod.apply_patches(reference, entries)  # in place, behind a copy
     weights = {"w": w}
