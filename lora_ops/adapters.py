@@ -166,6 +166,18 @@ class LokrWeights:
     def low_rank(self):
         return None
 
+    def kron_factors(self) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(w1, w2, scale)`` in 2-D (``w2`` flattened to ``(rows, -1)``) with the weight's 2-D view
+        ``dW = kron(w1, w2) * scale``, for merges that compute the delta a block of rows at a time;
+        ``None`` with a Tucker core. Low-rank halves are multiplied out in fp32 (they are small)."""
+        if self.t2 is not None:
+            return None
+        w1 = self.w1.float() if self.w1 is not None else self.w1a.float() @ self.w1b.float()
+        w2 = self.w2.float() if self.w2 is not None else self.w2a.float() @ _flat2d(self.w2b.float())
+        if w1.dim() != 2:
+            return None
+        return w1, _flat2d(w2), self.scale
+
     def delta(self, shape: torch.Size, dtype=torch.float32, device=None) -> torch.Tensor:
         def cast(t):
             return None if t is None else t.to(device=device, dtype=dtype)

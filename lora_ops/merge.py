@@ -9,9 +9,9 @@ Three paths, chosen per weight:
   weight element, one launch for all weights.
 * CPU (``in_place=False``, as the ComfyUI bridge asks): the merged weight is computed into a new
   tensor and swapped in; the original tensor itself is the backup, so restoring is swapping it back.
-  LoRA/LoCon and LoHa adapters on the whole weight are computed in row chunks that stay in cache
-  (fp32 math, one rounding); everything else (LoKr/full/DoRA, Tucker cores, fused slices) by the
-  general merge below, applied to a copy.
+  LoRA/LoCon, LoHa and LoKr adapters on the whole weight are computed in row chunks that stay in
+  cache (fp32 math, one rounding); everything else (full diffs, DoRA, Tucker cores in LoHa/LoKr, fused
+  slices) by the general merge below, applied to a copy.
 * Everything else (LoHa/LoKr/full/DoRA on the GPU, Triton missing, callers that need the very tensors
   written): the weight is copied to ``backup_device`` first, every delta is added in place (on the GPU
   in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed in fp16/bf16 on the device; on
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fused
-from .adapters import Adapter, LohaWeights, dora_delta
+from .adapters import Adapter, LohaWeights, LokrWeights, dora_delta
 from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
 from .keymap import Target
 
@@ -249,20 +249,20 @@ CPU_CHUNK = 1 << 20  # elements of the fp32 working rows per step of the CPU mer
 
 @dataclass
 class _RowTerm:
-    """One entry's delta, computable for any block of rows: ``alpha * a[rows] @ b`` (LoRA/LoCon), or
-    ``alpha * ((a[rows] @ b) * (c[rows] @ d)) * scale`` (LoHa, the general path's order of operations)."""
+    """One entry's delta, computable for any block of rows of the weight's 2-D view, in the general
+    path's order of operations: ``lowrank`` ``alpha * (a[rows] @ b)`` (LoRA/LoCon, alpha includes the
+    scale); ``hada`` ``alpha * ((a[rows] @ b) * (c[rows] @ d)) * scale`` (LoHa); ``kron``
+    ``alpha * kron(a, b)[rows] * scale`` (LoKr)."""
 
-    a: torch.Tensor
-    b: torch.Tensor
+    kind: str
+    parts: tuple[torch.Tensor, ...]
     alpha: float
-    c: torch.Tensor | None = None
-    d: torch.Tensor | None = None
     scale: float = 1.0
 
 
 def _row_terms(entries: list[PatchEntry]) -> list[_RowTerm] | None:
-    """A :class:`_RowTerm` per entry if every entry is a plain low-rank or LoHa adapter (no Tucker core,
-    no DoRA) on the whole weight; ``None`` otherwise."""
+    """A :class:`_RowTerm` per entry if every entry is a LoRA/LoCon, LoHa or LoKr adapter (no Tucker core
+    in LoHa/LoKr, no DoRA) on the whole weight; ``None`` otherwise."""
     out = []
     for e in entries:
         if e.strength == 0.0:
@@ -273,12 +273,28 @@ def _row_terms(entries: list[PatchEntry]) -> list[_RowTerm] | None:
         lr = a.low_rank()
         if lr is not None:
             up, down, scale = lr
-            out.append(_RowTerm(up, down, e.strength * scale))
+            out.append(_RowTerm("lowrank", (up, down), e.strength * scale))
         elif isinstance(a, LohaWeights) and (hf := a.hadamard_factors()) is not None:
-            w1a, w1b, w2a, w2b, scale = hf
-            out.append(_RowTerm(w1a, w1b, e.strength, w2a, w2b, scale))
+            *factors, scale = hf
+            out.append(_RowTerm("hada", tuple(factors), e.strength, scale))
+        elif isinstance(a, LokrWeights) and (kf := a.kron_factors()) is not None:
+            w1, w2, scale = kf
+            out.append(_RowTerm("kron", (w1, w2), e.strength, scale))
         else:
             return None
+    return out
+
+
+def _kron_rows(w1: torch.Tensor, w2: torch.Tensor, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``kron(w1, w2)`` into ``out`` (``(r1 - r0) x cols``), one block of ``w2`` rows
+    per row of ``w1`` they fall in."""
+    p = w2.shape[0]
+    r = r0
+    while r < r1:
+        i1, s = divmod(r, p)
+        e = min(p, s + (r1 - r))
+        torch.kron(w1[i1:i1 + 1], w2[s:e], out=out[r - r0:r - r0 + e - s])
+        r += e - s
     return out
 
 
@@ -290,26 +306,29 @@ def _merged_copy_cpu(weight: torch.Tensor, terms: list[_RowTerm]) -> tuple[torch
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     o2d = out.view(out.shape[0], -1)
     rows, cols = o2d.shape
-    f32 = torch.float32
-    terms = [_RowTerm(t.a.to(f32), t.b.to(f32), t.alpha, None if t.c is None else t.c.to(f32),
-                      None if t.d is None else t.d.to(f32), t.scale) for t in terms]
+    terms = [_RowTerm(t.kind, tuple(x.to(torch.float32) for x in t.parts), t.alpha, t.scale) for t in terms]
     step = max(1, min(rows, CPU_CHUNK // max(cols, 1)))
-    work = torch.empty(step * cols, dtype=f32)
-    hada = any(t.c is not None for t in terms)
-    left = torch.empty(step * cols, dtype=f32) if hada else None
-    right = torch.empty(step * cols, dtype=f32) if hada else None
+    work = torch.empty(step * cols, dtype=torch.float32)
+    scratch = [torch.empty(step * cols, dtype=torch.float32) for _ in range(2 if any(t.kind != "lowrank" for t in terms)
+                                                                               else 0)]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         n = (r1 - r0) * cols
         acc = work[:n].view(r1 - r0, cols)
         acc.copy_(w2d[r0:r1])
         for t in terms:
-            if t.c is None:
-                acc.addmm_(t.a[r0:r1], t.b, alpha=t.alpha)
+            if t.kind == "lowrank":
+                up, down = t.parts
+                acc.addmm_(up[r0:r1], down, alpha=t.alpha)
                 continue
-            p = torch.mm(t.a[r0:r1], t.b, out=left[:n].view(r1 - r0, cols))
-            p.mul_(torch.mm(t.c[r0:r1], t.d, out=right[:n].view(r1 - r0, cols))).mul_(t.scale)
-            acc.add_(p, alpha=t.alpha)
+            block = scratch[0][:n].view(r1 - r0, cols)
+            if t.kind == "hada":
+                w1a, w1b, w2a, w2b = t.parts
+                torch.mm(w1a[r0:r1], w1b, out=block)
+                block.mul_(torch.mm(w2a[r0:r1], w2b, out=scratch[1][:n].view(r1 - r0, cols)))
+            else:
+                _kron_rows(*t.parts, r0, r1, block)
+            acc.add_(block.mul_(t.scale), alpha=t.alpha)
         o2d[r0:r1].copy_(acc)
     return out, _rounds_to_finite(out, weight.dtype)
 
@@ -343,7 +362,7 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     terms = _row_terms(group)
                     if terms is not None and _as_2d_view(weight) is not None:
                         merged, finite = _merged_copy_cpu(weight, terms)
-                    else:  # LoKr/full/DoRA, Tucker cores, fused slices: the general merge, into a copy
+                    else:  # full diffs, DoRA, Tucker cores, fused slices: the general merge, into a copy
                         merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)
                         finite = _merge_group(merged, weight, group)
                     backup.replaced[key] = weight
