@@ -73,6 +73,14 @@ def delta_numel(adapter: Adapter) -> int | None:
     diff = getattr(adapter, "diff", None)
     if diff is not None:
         return diff.numel()
+    if isinstance(adapter, LohaWeights) and adapter.t1 is None and adapter.t2 is None:
+        return int(adapter.w1a.shape[0]) * math.prod(adapter.w1b.shape[1:])
+    if isinstance(adapter, LokrWeights) and adapter.t2 is None:
+        a = adapter
+        w1 = tuple(a.w1.shape) if a.w1 is not None else (int(a.w1a.shape[0]), int(a.w1b.shape[1]))
+        w2 = ((int(a.w2.shape[0]), math.prod(a.w2.shape[1:])) if a.w2 is not None
+              else (int(a.w2a.shape[0]), math.prod(a.w2b.shape[1:])))
+        return w1[0] * w2[0] * w1[1] * w2[1] if len(w1) == 2 else None
     return None
 
 
@@ -260,9 +268,10 @@ class _RowTerm:
     scale: float = 1.0
 
 
-def _row_terms(entries: list[PatchEntry]) -> list[_RowTerm] | None:
+def _row_terms(entries: list[PatchEntry], rows: int, cols: int) -> list[_RowTerm] | None:
     """A :class:`_RowTerm` per entry if every entry is a LoRA/LoCon, LoHa or LoKr adapter (no Tucker core
-    in LoHa/LoKr, no DoRA) on the whole weight; ``None`` otherwise."""
+    in LoHa/LoKr, no DoRA) on the whole ``rows x cols`` weight, with factors of that size; ``None``
+    otherwise (the general merge then handles, or reports, it)."""
     out = []
     for e in entries:
         if e.strength == 0.0:
@@ -276,9 +285,14 @@ def _row_terms(entries: list[PatchEntry]) -> list[_RowTerm] | None:
             out.append(_RowTerm("lowrank", (up, down), e.strength * scale))
         elif isinstance(a, LohaWeights) and (hf := a.hadamard_factors()) is not None:
             *factors, scale = hf
+            w1a, w1b, w2a, w2b = factors
+            if not (w1a.shape[0] == w2a.shape[0] == rows and w1b.shape[1] == w2b.shape[1] == cols):
+                return None
             out.append(_RowTerm("hada", tuple(factors), e.strength, scale))
         elif isinstance(a, LokrWeights) and (kf := a.kron_factors()) is not None:
             w1, w2, scale = kf
+            if w1.shape[0] * w2.shape[0] != rows or w1.shape[1] * w2.shape[1] != cols:
+                return None
             out.append(_RowTerm("kron", (w1, w2), e.strength, scale))
         else:
             return None
@@ -359,8 +373,9 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     continue
                 if not in_place and weight.device.type == "cpu":
                     # swap in a merged copy; the original tensor, untouched, is the backup
-                    terms = _row_terms(group)
-                    if terms is not None and _as_2d_view(weight) is not None:
+                    w2d = _as_2d_view(weight)
+                    terms = _row_terms(group, *w2d.shape) if w2d is not None else None
+                    if terms is not None:
                         merged, finite = _merged_copy_cpu(weight, terms)
                     else:  # full diffs, DoRA, Tucker cores, fused slices: the general merge, into a copy
                         merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)

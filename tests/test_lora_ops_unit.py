@@ -234,6 +234,22 @@ def test_shape_mismatch_names_the_layer():
         merge_mod.validate_shapes([entry], {"w": torch.Size((6, 4))})
 
 
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_lycoris_shape_mismatch_is_caught_before_merging(kind):
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    if kind == "loha":
+        adapter = ops.LohaWeights(w1a=r(6, 2), w1b=r(2, 5), w2a=r(6, 2), w2b=r(2, 5))
+    else:  # kron((2, 2), (3, 5)) is 6 x 10
+        adapter = ops.LokrWeights(w1=r(2, 2), w2a=r(3, 2), w2b=r(2, 5), alpha=2.0)
+    entry = merge_mod.PatchEntry(Target("w"), adapter, 1.0, f"lycoris_{kind}")
+    fits = (6, 5) if kind == "loha" else (6, 10)
+    merge_mod.validate_shapes([entry], {"w": torch.Size(fits)})
+    merge_mod.validate_shapes([entry], {"w": torch.Size((fits[0], fits[1] // 5, 5))})  # a conv of that size
+    with pytest.raises(ops.ShapeMismatchError, match=f"lycoris_{kind}"):
+        merge_mod.validate_shapes([entry], {"w": torch.Size((6, 4))})
+
+
 # --- key mapping ------------------------------------------------------------------------------
 
 def test_canonical_names_unify_dialects():
