@@ -613,7 +613,8 @@ def notes(result: dict[str, Any]) -> list[str]:
     """One-line facts that belong next to the table: what was patched, and whether restores were exact."""
     m, lora = result["model"], result["lora"]
     lines = [
-        f"UNet {m['unet_params'] / 1e6:.0f}M params, all {m['unet_dtype']} in memory; LoRA rank {lora['ranks']}, "
+        f"UNet {m['unet_params'] / 1e6:.0f}M params, all {m['unet_dtype']} in memory; "
+        f"LoRA rank {lora['ranks'] or 'none (full factors)'}, "
         f"{lora['targets']} targets, {lora['lora_params'] / 1e6:.1f}M LoRA params, "
         f"{result['patched_base_params'] / 1e6:.0f}M base params patched",
     ]
