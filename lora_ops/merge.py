@@ -323,8 +323,8 @@ def _merged_copy_cpu(weight: torch.Tensor, terms: list[_RowTerm]) -> tuple[torch
     terms = [_RowTerm(t.kind, tuple(x.to(torch.float32) for x in t.parts), t.alpha, t.scale) for t in terms]
     step = max(1, min(rows, CPU_CHUNK // max(cols, 1)))
     work = torch.empty(step * cols, dtype=torch.float32)
-    scratch = [torch.empty(step * cols, dtype=torch.float32) for _ in range(2 if any(t.kind != "lowrank" for t in terms)
-                                                                               else 0)]
+    needs_scratch = any(t.kind != "lowrank" for t in terms)  # LoHa's two products, LoKr's kron rows
+    scratch = [torch.empty(step * cols, dtype=torch.float32) for _ in range(2 if needs_scratch else 0)]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         n = (r1 - r0) * cols
