@@ -1,13 +1,16 @@
-"""Small bar charts drawn with PIL alone (no matplotlib), shared by LoRA Lab's diagnostic images.
+"""Small charts drawn with PIL alone (no matplotlib), shared by LoRA Lab's diagnostic images.
 
-Bars run horizontally, one labelled row per item, so that 27 SD blocks or 61 Flux blocks stay
-readable without rotated text. :func:`bar_chart` draws one chart; :func:`stack` puts several under
-each other on one canvas. Colours are plain RGB tuples; a bar may be highlighted (an overflowing
-block, say) with its own colour.
+:func:`bar_chart`: bars run horizontally, one labelled row per item, so that 27 SD blocks or 61 Flux
+blocks stay readable without rotated text; a bar may be highlighted (an overflowing block, say) with
+its own colour. :func:`xy_chart`: lines on shared axes (the sweep's metrics against the LoRA weight);
+:func:`line_chart` is the one-series case with a moving average (a training loss curve).
+:func:`text_panel` and :func:`stack` put captions and several charts on one canvas. Colours are plain
+RGB tuples.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -144,43 +147,65 @@ def compact_number(value: float, fmt: Callable[[float], str] | None = None) -> s
 
 @dataclass
 class Series:
-    """One line of an :func:`xy_chart`: ``values[i]`` at ``x[i]`` (``None`` leaves a gap)."""
+    """One line of an :func:`xy_chart`: ``values[i]`` at ``x[i]`` (``None``, NaN or Inf leave a gap)."""
 
     label: str
     values: Sequence[float | None]
     color: tuple[int, int, int] = BAR
+    line_width: int = 2
 
 
 SERIES_COLORS = ((70, 120, 200), (230, 140, 30), (60, 160, 90), (140, 90, 180))
+MAX_MARKERS = 40  # more points than this are drawn as lines only (a loss curve of thousands of steps)
+MAX_X_TICKS = 12  # more x values than this get five evenly spaced ticks instead of one each
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and v == v and abs(v) != float("inf")
+
+
+def _round_ticks(lo: float, hi: float, most: int = 5) -> list[float]:
+    """``lo`` and the multiples of a round step (1, 2 or 5 times a power of ten) after it, up to ``hi``."""
+    span = hi - lo
+    base = 10 ** math.floor(math.log10(span / most))
+    step = next(base * m for m in (1, 2, 5, 10) if span / (base * m) <= most)
+    first = math.floor(lo / step) * step + step
+    if first - lo < step / 3:
+        first += step
+    return [lo] + [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def xy_chart(x: Sequence[float], series: Sequence[Series], *, title: str, x_label: str = "",
-               width: int = 720, height: int = 300, font_size: int = 13, y_range: tuple[float, float] | None = None,
-               marker_x: float | None = None, marker_label: str = "",
-               flagged: Sequence[int] = ()) -> Image.Image:
+             width: int = 720, height: int = 300, font_size: int = 13, y_range: tuple[float, float] | None = None,
+             marker_x: float | None = None, marker_label: str = "", flagged: Sequence[int] = (),
+             caption: str = "", empty_text: str = "nothing to show") -> Image.Image:
     """Lines through the points ``(x[i], s.values[i])`` for each series, on shared axes.
 
-    ``y_range`` fixes the y axis (default: 0 to the largest value). ``marker_x`` draws a vertical
-    line in the highlight colour with ``marker_label`` (the sweep's break point); indices in
-    ``flagged`` get a highlight ring on every series (cells with NaN/black/overflow flags).
+    ``y_range`` fixes the y axis (default: 0 to the largest finite value). ``marker_x`` draws a
+    vertical line in the highlight colour with ``marker_label`` (the sweep's break point); indices in
+    ``flagged`` get a highlight ring on every series (cells with NaN/black/overflow flags). Points get
+    dots up to :data:`MAX_MARKERS` values; ``caption`` is printed under the axis, at the left.
     """
     f_title, f_row = font(font_size + 3), font(font_size)
     pad = 10
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    title_h = font_size + 3 + 2 * pad
-    legend_h = font_size + 8
-    axis_w = _text_width(probe, "0.000", f_row) + pad
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     draw.text((pad, pad), title, fill=INK, font=f_title)
-    x0, x1 = pad + axis_w, width - pad - 10
-    y0, y1 = title_h + legend_h, height - 2 * (font_size + 6)
-    finite = [v for s in series for v in s.values if v is not None and v == v and abs(v) != float("inf")]
+    title_h = font_size + 3 + 2 * pad
+    legend_h = font_size + 8
+    finite = [v for s in series for v in s.values if _finite(v)]
     lo, hi = y_range if y_range is not None else (0.0, max(finite, default=1.0))
     if hi <= lo:
-        hi = lo + 1.0
+        hi = lo + (abs(lo) or 1.0) * 0.01
+    y_ticks = [hi - (hi - lo) * i / 4 for i in range(5)]
+    axis_w = max(_text_width(draw, compact_number(v), f_row) for v in y_ticks) + pad
+    x0, x1 = pad + axis_w, width - pad - 10
+    y0, y1 = title_h + legend_h, height - 2 * (font_size + 6)
+    if not finite:
+        draw.text((x0, y0), empty_text, fill=MUTED, font=f_row)
+        return img
     xs = list(x)
-    xmin, xmax = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    xmin, xmax = min(xs), max(xs)
     if xmax <= xmin:
         xmin, xmax = xmin - 0.5, xmax + 0.5
 
@@ -191,36 +216,43 @@ def xy_chart(x: Sequence[float], series: Sequence[Series], *, title: str, x_labe
         v = min(max(v, lo), hi)
         return y1 - (y1 - y0) * (v - lo) / (hi - lo)
 
-    for i in range(5):
+    for i, v in enumerate(y_ticks):
         gy = y0 + (y1 - y0) * i / 4
         draw.line([(x0, gy), (x1, gy)], fill=GRID)
-        draw.text((pad, gy - font_size / 2), f"{hi - (hi - lo) * i / 4:.3g}", fill=MUTED, font=f_row)
-    for v in xs:
+        draw.text((pad, gy - font_size / 2), compact_number(v), fill=MUTED, font=f_row)
+    ticks = xs if len(xs) <= MAX_X_TICKS else _round_ticks(xmin, xmax)
+    for v in ticks:
+        label = f"{v:g}"
         draw.line([(px(v), y1), (px(v), y1 + 4)], fill=INK)
-        draw.text((px(v) - _text_width(probe, f"{v:g}", f_row) / 2, y1 + 6), f"{v:g}", fill=INK, font=f_row)
+        draw.text((px(v) - _text_width(draw, label, f_row) / 2, y1 + 6), label, fill=INK, font=f_row)
+    bottom = height - font_size - 6
     if x_label:
-        draw.text((x1 - _text_width(probe, x_label, f_row), height - font_size - 6), x_label, fill=MUTED, font=f_row)
+        draw.text((x1 - _text_width(draw, x_label, f_row), bottom), x_label, fill=MUTED, font=f_row)
+    if caption:
+        draw.text((x0, bottom), caption, fill=INK, font=f_row)
     lx = x0
     for s in series:
         draw.line([(lx, title_h + 8), (lx + 18, title_h + 8)], fill=s.color, width=3)
         draw.text((lx + 22, title_h + 1), s.label, fill=INK, font=f_row)
-        lx += 22 + _text_width(probe, s.label, f_row) + 16
+        lx += 22 + _text_width(draw, s.label, f_row) + 16
     if marker_x is not None:
         mx = px(marker_x)
         draw.line([(mx, y0), (mx, y1)], fill=HIGHLIGHT, width=2)
         if marker_label:
-            tw = _text_width(probe, marker_label, f_row)
+            tw = _text_width(draw, marker_label, f_row)
             draw.text((min(mx + 4, x1 - tw), y0 + 2), marker_label, fill=HIGHLIGHT, font=f_row)
     for s in series:
-        points = [(px(xv), py(v)) if v is not None and v == v else None for xv, v in zip(xs, s.values)]
+        points = [(px(xv), py(v)) if _finite(v) else None for xv, v in zip(xs, s.values)]
         for a, b in zip(points, points[1:]):
             if a is not None and b is not None:
-                draw.line([a, b], fill=s.color, width=2)
+                draw.line([a, b], fill=s.color, width=s.line_width)
+        dots = len(points) <= MAX_MARKERS
         for i, p in enumerate(points):
             if p is None:
                 continue
-            r = 3
-            draw.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=s.color)
+            alone = (i == 0 or points[i - 1] is None) and (i + 1 == len(points) or points[i + 1] is None)
+            if dots or alone:
+                draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=s.color)
             if i in flagged:
                 draw.ellipse([p[0] - 6, p[1] - 6, p[0] + 6, p[1] + 6], outline=HIGHLIGHT, width=2)
     return img
@@ -229,53 +261,25 @@ def xy_chart(x: Sequence[float], series: Sequence[Series], *, title: str, x_labe
 def line_chart(values: Sequence[float], *, title: str, width: int = 720, height: int = 320,
                font_size: int = 13, smooth: int = 0, x_label: str = "step", x_start: int = 1,
                empty_text: str = "nothing to show") -> Image.Image:
-    """A line chart of ``values`` against ``x_start, x_start + 1, ...`` (a loss curve), y axis from the
-    smallest to the largest finite value, with min/max/last printed. ``smooth > 1`` adds a moving average
-    over that many points in the highlight colour."""
-    f_title, f_row = font(font_size + 3), font(font_size)
-    pad = 10
-    img = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    draw.text((pad, pad), title, fill=INK, font=f_title)
-    finite = [v for v in values if v == v and abs(v) != float("inf")]
-    top_y = font_size + 3 + 3 * pad
-    bottom_y = height - (font_size + 2 * pad)
-    label_w = max(_text_width(draw, compact_number(v), f_row) for v in finite) + pad if finite else 0
-    x0, x1 = pad + label_w, width - pad
-    if not finite:
-        draw.text((x0, top_y), empty_text, fill=MUTED, font=f_row)
-        return img
-    lo, hi = min(finite), max(finite)
-    if hi == lo:
-        hi = lo + (abs(lo) or 1.0) * 0.01
-    for i in range(5):
-        gy = top_y + (bottom_y - top_y) * i / 4
-        draw.line([(x0, gy), (x1, gy)], fill=GRID)
-        value = hi - (hi - lo) * i / 4
-        draw.text((pad, gy - font_size / 2), compact_number(value), fill=MUTED, font=f_row)
-    n = len(values)
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        x = x0 + (x1 - x0) * (i / (n - 1) if n > 1 else 0.5)
-        return x, bottom_y - (bottom_y - top_y) * (v - lo) / (hi - lo)
-
-    def polyline(series: Sequence[float], color, line_width: int) -> None:
-        pts = [point(i, v) for i, v in enumerate(series) if v == v and abs(v) != float("inf")]
-        if len(pts) == 1:
-            draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=color)
-        elif pts:
-            draw.line(pts, fill=color, width=line_width)
-
-    polyline(values, BAR, 1)
-    if smooth > 1 and n > smooth:
-        averaged, acc = [], 0.0
-        for i, v in enumerate(values):
-            acc += v
-            if i >= smooth:
-                acc -= values[i - smooth]
-            averaged.append(acc / min(i + 1, smooth))
-        polyline(averaged, HIGHLIGHT, 2)
-    caption = (f"{x_label} {x_start}-{x_start + n - 1}   min {compact_number(min(finite))}   "
-               f"max {compact_number(max(finite))}   last {compact_number(values[-1])}")
-    draw.text((x0, bottom_y + pad / 2), caption, fill=INK, font=f_row)
-    return img
+    """One series against ``x_start, x_start + 1, ...`` (a loss curve) as an :func:`xy_chart`, the y axis
+    from the smallest to the largest finite value, min/max/last printed under it. ``smooth > 1`` adds a
+    moving average over that many points in the highlight colour."""
+    finite = [v for v in values if _finite(v)]
+    xs = list(range(x_start, x_start + len(values)))
+    series = [Series("loss", values, line_width=1 if len(values) > MAX_MARKERS else 2)]
+    if smooth > 1 and len(values) > smooth:
+        window: list[float] = []
+        averaged: list[float | None] = []
+        for v in values:
+            if _finite(v):
+                window = (window + [v])[-smooth:]
+            averaged.append(sum(window) / len(window) if window else None)
+        series.append(Series(f"mean of {smooth}", averaged, HIGHLIGHT))
+    caption = ""
+    y_range = None
+    if finite:
+        y_range = (min(finite), max(finite))
+        caption = (f"min {compact_number(min(finite))}   max {compact_number(max(finite))}   "
+                   f"last {compact_number(values[-1])}")
+    return xy_chart(xs, series, title=title, x_label=x_label, width=width, height=height, font_size=font_size,
+                    y_range=y_range, caption=caption, empty_text=empty_text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ import_pack()
 import comfy.model_base  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
-from lora_lab.lora_ops.chart import line_chart  # noqa: E402
+from lora_lab.lora_ops.chart import HIGHLIGHT, _round_ticks, line_chart  # noqa: E402
 from lora_lab.train.data import (BatchOrder, TrainDataError, TrainImage, assign_sizes, bucket_sizes,  # noqa: E402
                                  caption_variant, fit_image, generator, images_from_batch, split_captions,
                                  tag_frequency)
@@ -225,3 +226,19 @@ def test_line_chart():
     img = line_chart([3.0, 2.0, float("nan"), 1.5, 1.0], title="loss", smooth=2, width=300, height=150)
     assert img.size == (300, 150)
     assert line_chart([1.0], title="one").size[0] == 720
+    assert line_chart([], title="none").size == (720, 320)
+
+
+def test_loss_curve_average_runs_past_a_nan_step():
+    # a NaN loss leaves a gap in the raw line; the moving average skips it and goes on to the last step
+    values = [2.0 - i / 400 for i in range(400)]
+    values[20] = float("nan")
+    img = np.asarray(line_chart(values, title="loss", smooth=20))
+    red = (np.abs(img.astype(int) - np.array(HIGHLIGHT)).sum(-1) < 30).any(0)
+    assert red[600:].any() and red[120:240].any()
+
+
+def test_round_ticks():
+    assert _round_ticks(1, 1500) == [1, 500, 1000, 1500]
+    assert _round_ticks(101, 160) == [101, 120, 140, 160]
+    assert [round(t, 6) for t in _round_ticks(0.0, 1.0)] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
