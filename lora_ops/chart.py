@@ -198,7 +198,7 @@ def xy_chart(x: Sequence[float], series: Sequence[Series], *, title: str, x_labe
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0) * 0.01
     y_ticks = [hi - (hi - lo) * i / 4 for i in range(5)]
-    axis_w = max(_text_width(draw, compact_number(v), f_row) for v in y_ticks) + pad
+    axis_w = max(_text_width(draw, f"{v:.3g}", f_row) for v in y_ticks) + pad
     x0, x1 = pad + axis_w, width - pad - 10
     y0, y1 = title_h + legend_h, height - 2 * (font_size + 6)
     if not finite:
@@ -219,7 +219,7 @@ def xy_chart(x: Sequence[float], series: Sequence[Series], *, title: str, x_labe
     for i, v in enumerate(y_ticks):
         gy = y0 + (y1 - y0) * i / 4
         draw.line([(x0, gy), (x1, gy)], fill=GRID)
-        draw.text((pad, gy - font_size / 2), compact_number(v), fill=MUTED, font=f_row)
+        draw.text((pad, gy - font_size / 2), f"{v:.3g}", fill=MUTED, font=f_row)
     ticks = xs if len(xs) <= MAX_X_TICKS else _round_ticks(xmin, xmax)
     for v in ticks:
         label = f"{v:g}"
