@@ -157,7 +157,7 @@ class Series:
 
 SERIES_COLORS = ((70, 120, 200), (230, 140, 30), (60, 160, 90), (140, 90, 180))
 MAX_MARKERS = 40  # more points than this are drawn as lines only (a loss curve of thousands of steps)
-MAX_X_TICKS = 12  # more x values than this get five evenly spaced ticks instead of one each
+MAX_X_TICKS = 12  # more x values than this get ticks at round steps (:func:`_round_ticks`) instead of one each
 
 
 def _finite(v: float | None) -> bool:
