@@ -106,48 +106,72 @@ class BatchedDelta:
             self._cast[key] = hit
         return hit
 
-    def output(self, x: torch.Tensor, layer: LayerCall, out_shape: torch.Size) -> torch.Tensor:
-        """``dW x`` (+ bias delta) for the rows of ``x``, shaped like the layer's output for them."""
+    def add_into(self, y: torch.Tensor, x: torch.Tensor, layer: LayerCall, coef: torch.Tensor) -> None:
+        """``y[b] += coef[b] * (dW x[b])`` (+ ``coef[b] *`` bias delta) in place, for every row of ``x``.
+
+        Low-rank parts scale the thin ``down x`` by the row strengths and add ``up`` times it straight
+        into ``y`` (``addmm_``/``baddbmm_``: one pass over the output, no output-sized temporary);
+        full deltas and bias deltas go through one temporary each."""
         low_rank, full, bias = self._on(x.device, x.dtype)
-        out = x.new_zeros(out_shape)
+        c = coef.to(device=x.device, dtype=x.dtype)
+        b = x.shape[0]
+        f = layer.feature_dim
         for up, down, offset in low_rank:
+            target = y if offset is None else y.narrow(f, offset[1], offset[2])
             if layer.kind == "linear":
-                d = F.linear(F.linear(x, down), up)
+                h = F.linear(x, down)
+                h.mul_(c.reshape(-1, *[1] * (h.dim() - 1)))
+                target.view(-1, target.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
             else:
                 kernel = self.weight_shape[2:]
                 in_ch = down.shape[1] // max(math.prod(kernel), 1)
                 h = _conv(x, down.reshape(down.shape[0], in_ch, *kernel), layer)
-                d = _conv(h, up.reshape(*up.shape, *[1] * len(kernel)), layer, geometry=False)
-            target = out if offset is None else out.narrow(layer.feature_dim, offset[1], offset[2])
-            target.add_(d)
+                h.mul_(c.reshape(-1, *[1] * (h.dim() - 1)))
+                # (B, out, S) += up (out, r) @ h (B, r, S), S the spatial positions
+                target.view(b, target.shape[1], -1).baddbmm_(up.expand(b, -1, -1), h.reshape(b, h.shape[1], -1))
         if full is not None:
-            out.add_(F.linear(x, full) if layer.kind == "linear" else _conv(x, full, layer))
+            d = F.linear(x, full) if layer.kind == "linear" else _conv(x, full, layer)
+            y.add_(d.mul_(c.reshape(-1, *[1] * (d.dim() - 1))))
         if bias is not None:
-            shape = [1] * out.dim()
-            shape[layer.feature_dim] = bias.numel()
-            out.add_(bias.reshape(shape))
-        return out
+            shape = [1] * y.dim()
+            shape[f] = bias.numel()
+            y.add_(bias.reshape(shape) * c.reshape(-1, *[1] * (y.dim() - 1)))
+
+
+def _writable_in_place(y: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether :meth:`BatchedDelta.add_into` can write into ``y``: same dtype and device as the
+    activations, and laid out so that its rows are views (contiguous)."""
+    return y.dtype == x.dtype and y.device == x.device and y.is_contiguous()
 
 
 def add_row_deltas(y: torch.Tensor, x: torch.Tensor, delta: BatchedDelta, layer: LayerCall,
-                   coef: torch.Tensor) -> None:
+                   coef: torch.Tensor, rows: torch.Tensor | None = None) -> None:
     """``y[b] += coef[b] * (dW x[b])`` in place, for every batch row ``b`` whose ``coef`` is non-zero.
 
-    ``y``: the layer's output ``(B, ...)``; ``x``: its input; ``coef: (B,)`` the per-row strength.
+    ``y``: the layer's output ``(B, ...)``; ``x``: its input; ``coef: (B,)`` the per-row strength;
+    ``rows``: the indices of its non-zero entries, when the caller knows them (found once per model
+    call instead of once per layer, which on a GPU would wait for the device every time). Rows at
+    strength 0 are left exactly as they are.
     """
-    rows = torch.nonzero(coef).flatten()
+    if rows is None:
+        rows = torch.nonzero(coef).flatten()
     if rows.numel() == 0:
         return
-    if rows.numel() == coef.numel():
+    every_row = rows.numel() == coef.numel()
+    if every_row and _writable_in_place(y, x):
+        delta.add_into(y, x, layer, coef)
+        return
+    if every_row:
         xs, c = x, coef
     else:
+        rows = rows.to(x.device)
         xs, c = x.index_select(0, rows), coef.index_select(0, rows)
-    d = delta.output(xs, layer, torch.Size([xs.shape[0], *y.shape[1:]]))
-    d.mul_(c.to(d.dtype).reshape(-1, *[1] * (d.dim() - 1)))
-    if rows.numel() == coef.numel():
-        y.add_(d.to(y.dtype))
+    part = torch.zeros((xs.shape[0], *y.shape[1:]), dtype=xs.dtype, device=xs.device)
+    delta.add_into(part, xs, layer, c)
+    if every_row:
+        y.add_(part.to(y.dtype))
     else:
-        y.index_add_(0, rows, d.to(y.dtype))
+        y.index_add_(0, rows, part.to(y.dtype))
 
 
 def prepare_deltas(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size],

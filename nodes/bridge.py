@@ -250,13 +250,15 @@ def with_row_strengths(patcher, deltas: dict[str, BatchedDelta], strengths: list
         if x.shape[0] % n:
             raise LoraLabError(f"the sampler called the model with a batch of {x.shape[0]}, not a multiple of the "
                                f"{n} sweep cells.", "set batch_mode to repatch for this sampler or model.")
-        coef = strengths_t.repeat(x.shape[0] // n).to(x.device)
+        coef_cpu = strengths_t.repeat(x.shape[0] // n)
+        rows = torch.nonzero(coef_cpu).flatten().to(x.device)  # once per model call, not per layer
+        coef = coef_cpu.to(x.device)
         handles = []
         try:
             for key, (module, call) in layers.items():
                 delta = deltas[key]
                 handles.append(module.register_forward_hook(
-                    lambda mod, inputs, output, d=delta, c=call: add_row_deltas(output, inputs[0], d, c, coef)))
+                    lambda mod, inputs, output, d=delta, c=call: add_row_deltas(output, inputs[0], d, c, coef, rows)))
             return executor(x, *args, **kwargs)
         finally:
             for h in handles:

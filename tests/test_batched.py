@@ -15,6 +15,7 @@ from lora_ops.keymap import Target
 from lora_ops.merge import PatchEntry, apply_patches
 
 STRENGTHS = [0.0, 0.5, 1.0, -0.7]
+EVERY_ROW = [0.3, 0.5, 1.0, -0.7]  # no row at 0: the deltas are added straight into the output
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -52,9 +53,10 @@ def _layers():
     yield "conv1x1", torch.nn.Conv2d(8, 12, 1), torch.randn(len(STRENGTHS), 8, 5, 5)
 
 
+@pytest.mark.parametrize("strengths", [STRENGTHS, EVERY_ROW], ids=["a_row_at_0", "every_row"])
 @pytest.mark.parametrize("kind", ["lora", "loha", "lokr", "full", "dora"])
 @pytest.mark.parametrize("layer_name", ["linear", "conv3x3", "conv1x1"])
-def test_batched_rows_equal_the_merged_layer(kind, layer_name):
+def test_batched_rows_equal_the_merged_layer(kind, layer_name, strengths):
     name, module, x = next(item for item in _layers() if item[0] == layer_name)
     shape = module.weight.shape
     adapter = _adapter(kind, shape, _gen(1))
@@ -65,8 +67,8 @@ def test_batched_rows_equal_the_merged_layer(kind, layer_name):
     with torch.no_grad():
         y = module(x)
         plain = y.clone()
-        add_row_deltas(y, x, deltas["weight"], call, torch.tensor(STRENGTHS))
-        for b, s in enumerate(STRENGTHS):
+        add_row_deltas(y, x, deltas["weight"], call, torch.tensor(strengths))
+        for b, s in enumerate(strengths):
             if s == 0.0:
                 assert torch.equal(y[b], plain[b]), "a row at strength 0 must be exactly W x"
                 continue
@@ -77,8 +79,11 @@ def test_batched_rows_equal_the_merged_layer(kind, layer_name):
             torch.testing.assert_close(y[b:b + 1], ref, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_offset_and_bias_delta():
-    """A delta on a slice of a fused weight (q of qkv) touches only that slice of the output; a bias diff adds."""
+@pytest.mark.parametrize("strengths", [[0.0, 1.0, 2.0], [0.5, 1.0, 2.0]])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_fused_offset_and_bias_delta(strengths, layout):
+    """A delta on a slice of a fused weight (q of qkv) touches only that slice of the output; a bias diff
+    adds; an output that is not contiguous (no in-place views of its rows) gets the same result."""
     module = torch.nn.Linear(8, 12)
     g = _gen(3)
     lora = LoraWeights(up=torch.randn(4, 2, generator=g), down=torch.randn(2, 8, generator=g), alpha=2.0)
@@ -90,15 +95,19 @@ def test_fused_offset_and_bias_delta():
     x = torch.randn(3, 8)
     with torch.no_grad():
         y = module(x)
-        add_row_deltas(y, x, deltas["weight"], LayerCall.of(module), torch.tensor([0.0, 1.0, 2.0]))
-        for b, s in enumerate([0.0, 1.0, 2.0]):
+        if layout == "strided":
+            y = module(x).t().contiguous().t()
+            assert not y.is_contiguous()
+        add_row_deltas(y, x, deltas["weight"], LayerCall.of(module), torch.tensor(strengths))
+        for b, s in enumerate(strengths):
             w = base.clone()
             w[4:8] += s * lora.delta(torch.Size([4, 8]))
             ref = F.linear(x[b], w, module.bias + s * bias.diff)
             torch.testing.assert_close(y[b], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_half_precision_rows_stay_in_the_activation_dtype():
+@pytest.mark.parametrize("first", [0.0, 0.5])
+def test_half_precision_rows_stay_in_the_activation_dtype(first):
     module = torch.nn.Linear(16, 16).to(torch.bfloat16)
     adapter = _adapter("lora", module.weight.shape, _gen(4))
     deltas = prepare_deltas([PatchEntry(Target("weight"), adapter, 1.0)], {"weight": module.weight.shape})
@@ -106,10 +115,13 @@ def test_half_precision_rows_stay_in_the_activation_dtype():
     with torch.no_grad():
         y = module(x)
         plain = y.clone()
-        add_row_deltas(y, x, deltas["weight"], LayerCall.of(module), torch.tensor([0.0, 1.0]))
-    assert y.dtype == torch.bfloat16 and torch.equal(y[0], plain[0])
-    ref = F.linear(x[1].float(), module.weight.float() + adapter.delta(module.weight.shape), module.bias.float())
-    torch.testing.assert_close(y[1].float(), ref, rtol=2e-2, atol=2e-2)
+        add_row_deltas(y, x, deltas["weight"], LayerCall.of(module), torch.tensor([first, 1.0]))
+    assert y.dtype == torch.bfloat16
+    if first == 0.0:
+        assert torch.equal(y[0], plain[0])
+    for b, s in enumerate([first, 1.0]):
+        ref = F.linear(x[b].float(), module.weight.float() + s * adapter.delta(module.weight.shape), module.bias.float())
+        torch.testing.assert_close(y[b].float(), ref, rtol=2e-2, atol=2e-2)
 
 
 def test_merge_overflow_weights_matches_brute_force_fp16_merges():
