@@ -51,7 +51,7 @@ from .blocks import block_of, compact_names, family_blocks, normalize_family
 from .errors import LoraLabError, NonFiniteError
 from .families import family_label, same_family
 from .keymap import KeyIndex, canonical_name
-from .merge import PatchEntry, target_view
+from .merge import PatchEntry, factors_finite, target_view
 from .plan import LoadedLora, LoraPlan, load_lora, plan_lora
 
 FP16_MAX = 65504.0
@@ -476,11 +476,6 @@ def training_info(metadata: Mapping[str, str], *, top: int = TOP_TAGS) -> Traini
 
 # --- planning against a model without failing on what the inspection should report ---------------
 
-def _has_nonfinite(adapter: Adapter) -> bool:
-    return any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
-               for t in vars(adapter).values())
-
-
 def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object] | KeyIndex,
                         model_shapes: Mapping[str, torch.Size], model_family: str | None,
                         clip_keys: Mapping[str, object] | KeyIndex | None = None,
@@ -496,8 +491,8 @@ def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object] | 
         return plan_lora(lora, **host)
     except NonFiniteError:
         pass
-    bad = {n for n, a in lora.parsed.modules.items() if _has_nonfinite(a)}
-    bad_bias = {n for n, a in lora.parsed.bias_diffs.items() if _has_nonfinite(a)}
+    bad = {n for n, a in lora.parsed.modules.items() if not factors_finite(a)}
+    bad_bias = {n for n, a in lora.parsed.bias_diffs.items() if not factors_finite(a)}
     clean = replace(lora, parsed=replace(
         lora.parsed, modules={n: a for n, a in lora.parsed.modules.items() if n not in bad},
         bias_diffs={n: a for n, a in lora.parsed.bias_diffs.items() if n not in bad_bias}))

@@ -130,10 +130,10 @@ def validate_shapes(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]
 
 def find_nonfinite(entries: Iterable[PatchEntry]) -> list[str]:
     """Module names whose stored factors hold NaN or Inf."""
-    return [e.module for e in entries if not _factors_finite(e.adapter)]
+    return [e.module for e in entries if not factors_finite(e.adapter)]
 
 
-def _factors_finite(adapter: Adapter) -> bool:
+def factors_finite(adapter: Adapter) -> bool:
     """Whether every floating-point tensor of ``adapter`` is finite.
 
     Remembered on the adapter for as long as its tensors are the same objects and unmodified, so that
@@ -282,6 +282,8 @@ def _row_terms(entries: list[PatchEntry], rows: int, cols: int) -> list[_RowTerm
         lr = a.low_rank()
         if lr is not None:
             up, down, scale = lr
+            if up.shape[0] != rows or down.shape[1] != cols:
+                return None
             out.append(_RowTerm("lowrank", (up, down), e.strength * scale))
         elif isinstance(a, LohaWeights) and (hf := a.hadamard_factors()) is not None:
             *factors, scale = hf

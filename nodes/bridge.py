@@ -29,15 +29,15 @@ from comfy.patcher_extension import CallbacksMP, PatcherInjection, WrappersMP
 from ..lora_ops.batched import BatchedDelta, LayerCall, add_row_deltas
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.keymap import KeyIndex
-from ..lora_ops.merge import PatchEntry, apply_patches, restore_weights
+from ..lora_ops.merge import Backup, PatchEntry, apply_patches, restore_weights
 
 log = logging.getLogger(__name__)
 
 INJECTION_KEY = "lora_lab"
 ROW_STRENGTH_KEY = "lora_lab_row_strengths"
 
-# torch module -> backup of the weights our deltas replaced (see module docstring)
-_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
+# torch module -> what undoes the deltas merged into it (see module docstring)
+_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, Backup]" = weakref.WeakKeyDictionary()
 
 
 def _parameter(root: torch.nn.Module, key: str) -> torch.nn.Parameter:
