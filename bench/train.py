@@ -37,6 +37,10 @@ CAPTION = "zxq style, a red square"
 def _core_run(patcher, latents: torch.Tensor, cond, steps: int) -> None:
     from comfy_extras.nodes_train import TrainLoraNode  # noqa: PLC0415
 
+    from testkit.host import accepts_argument  # noqa: PLC0415
+
+    # ComfyUI 0.8.0 added bucket_mode (aspect-ratio buckets); off is 0.3.75's behaviour.
+    newer = {"bucket_mode": [False]} if accepts_argument(TrainLoraNode.execute, "bucket_mode") else {}
     with torch.inference_mode():
         TrainLoraNode.execute(
             # Two one-image latent dicts: with a single LATENT input core 0.3.75 fails before training
@@ -44,7 +48,7 @@ def _core_run(patcher, latents: torch.Tensor, cond, steps: int) -> None:
             model=[patcher], latents=[{"samples": latents}, {"samples": latents}], positive=[cond], batch_size=[1],
             grad_accumulation_steps=[1], steps=[steps], learning_rate=[LR], rank=[RANK], optimizer=["AdamW"],
             loss_function=["MSE"], seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"],
-            gradient_checkpointing=[True], existing_lora=["[None]"])
+            gradient_checkpointing=[True], existing_lora=["[None]"], **newer)
 
 
 def _lab_run(patcher, clip, vae, image: torch.Tensor, steps: int, algorithm: str, targets: str, folder: Path) -> None:

@@ -4,12 +4,12 @@
 the block weight times the row strength) into kohya tensors that any loader reads and that, loaded at
 strength 1, give the same weights as the plan:
 
-* LoRA/LoCon: ``lora_up`` scaled by the factor, ``lora_down``/``lora_mid`` as they were, ``alpha``
-  written so that ``alpha / rank`` is the adapter's scale (files without alpha get ``alpha = rank``);
-* LoHa: ``hada_w1_a`` scaled; LoKr: ``lokr_w1`` (or ``lokr_w1_a``) scaled;
-* full diffs: scaled;
-* DoRA: its delta depends on the base weight, so it is written as a full ``diff`` computed against the
-  base weight the caller passes (``factor * dora_delta(W0)``), which is exact for that base model.
+* each entry in its own kind's layout where the kind can scale its delta (LoRA/LoCon: ``lora_up``; LoHa:
+  ``hada_w1_a``; LoKr: ``lokr_w1`` or ``lokr_w1_a``; full diffs);
+* kinds whose delta depends on the base weight (DoRA, OFT/BOFT, GLoRA, set-weights), which loaders read
+  differently, and targets behind a key-map transform: a full ``diff`` computed against the base weight the
+  caller passes, exact for that base model in every loader;
+* slices of one fused weight joined into one module of the whole weight (an exact rank concat).
 
 Targets whose factor is 0 are left out. Names come from the caller (the host knows the kohya spelling
 of each model weight), so this module stays host-free.
@@ -18,69 +18,85 @@ of each model weight), so this module stays host-free.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 
 import torch
 
-from .adapters import FullDiff, LohaWeights, LokrWeights, LoraWeights, dora_delta
+from .adapters import FullDiff
+from .errors import LoraLabError
 from .keymap import Target, canonical_name
-from .merge import PatchEntry, target_view
-
-
-def _alpha_for(scale: float, rank: int) -> torch.Tensor:
-    return torch.tensor(float(scale * rank), dtype=torch.float32)
+from .merge import PatchEntry, delta_in_weight
 
 
 def bake_entry(name: str, entry: PatchEntry, base: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Kohya tensors for one entry with its strength folded in (``base`` only needed for DoRA)."""
+    """The tensors of one entry with its strength folded in, under module ``name``.
+
+    The entry's own kind where the kind can scale its delta (LoRA/LoCon: ``lora_up``; LoHa: ``hada_w1_a``;
+    LoKr: ``lokr_w1``; full diffs), DoRA's magnitude kept; otherwise (a delta that depends on the base
+    weight: DoRA at a strength other than 1, OFT/BOFT/GLoRA/set-weights; a key-map transform) a full
+    ``diff`` computed against ``base``, which is exact for that base model.
+    """
     f = float(entry.strength)
     a = entry.adapter
     if entry.is_bias:
-        return {f"{name}.diff_b": (a.delta(a.diff.shape) * f).contiguous()}
-    if a.magnitude is not None:
-        if base is None:
-            raise ValueError(f"{entry.module}: baking a DoRA target needs the model's base weight")
-        return {f"{name}.diff": (dora_delta(base.float(), a) * f).to(base.dtype).contiguous()}
-    if isinstance(a, LoraWeights):
-        out = {f"{name}.lora_up.weight": (a.up.float() * f).to(a.up.dtype), f"{name}.lora_down.weight": a.down,
-               f"{name}.alpha": _alpha_for(a.scale, a.rank)}
-        if a.mid is not None:
-            out[f"{name}.lora_mid.weight"] = a.mid
-        return out
-    if isinstance(a, LohaWeights):
-        out = {f"{name}.hada_w1_a": (a.w1a.float() * f).to(a.w1a.dtype), f"{name}.hada_w1_b": a.w1b,
-               f"{name}.hada_w2_a": a.w2a, f"{name}.hada_w2_b": a.w2b, f"{name}.alpha": _alpha_for(a.scale, a.rank)}
-        for part, t in (("hada_t1", a.t1), ("hada_t2", a.t2)):
-            if t is not None:
-                out[f"{name}.{part}"] = t
-        return out
-    if isinstance(a, LokrWeights):
-        out: dict[str, torch.Tensor] = {}
-        for part, t in (("lokr_w1", a.w1), ("lokr_w1_a", a.w1a), ("lokr_w1_b", a.w1b), ("lokr_w2", a.w2),
-                        ("lokr_w2_a", a.w2a), ("lokr_w2_b", a.w2b), ("lokr_t2", a.t2)):
-            if t is not None:
-                out[f"{name}.{part}"] = t
-        first = "lokr_w1" if a.w1 is not None else "lokr_w1_a"
-        out[f"{name}.{first}"] = (out[f"{name}.{first}"].float() * f).to(out[f"{name}.{first}"].dtype)
-        if a.rank is not None:
-            out[f"{name}.alpha"] = _alpha_for(a.scale, a.rank)
-        return out
-    if isinstance(a, FullDiff):
-        return {f"{name}.diff": (a.diff.float() * f).to(a.diff.dtype)}
-    raise TypeError(f"cannot bake adapter {type(a).__name__}")
+        return a.scaled(f).file_tensors(name, is_bias=True)
+    # Kinds whose delta depends on the base weight (DoRA, OFT/BOFT, GLoRA, set-weights) are read differently
+    # by different loaders (core ComfyUI normalises DoRA by ||W0||, squares OFT's strength...): as a full
+    # diff against this base they load the same everywhere.
+    if entry.target.transform is None and not a.needs_base:
+        if f == 1.0:
+            return a.file_tensors(name)
+        if (scaled := a.scaled(f)) is not None:
+            return scaled.file_tensors(name)
+    if base is None:
+        raise LoraLabError(f"{entry.module}: a {a.describe()} layer at strength {f:g} is written as a full diff, "
+                           "which needs the model's weight.", "connect the model.")
+    unit = PatchEntry(Target(entry.target.key, None, entry.target.transform), a, f, entry.module)
+    diff = delta_in_weight(unit, base.shape, base.float())
+    return {f"{name}.diff": diff.to(base.dtype if base.dtype in (torch.float16, torch.bfloat16) else
+                                    torch.float32).contiguous()}
 
 
 def bake_plan(entries: Iterable[PatchEntry], kohya_name: Callable[[PatchEntry], str],
               base_weight: Callable[[str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """All entries with non-zero strength as one kohya-format state dict."""
-    out: dict[str, torch.Tensor] = {}
+    """All entries with non-zero strength as one kohya-format state dict, one module per model weight.
+
+    Entries on slices of one fused weight (Flux's qkv from diffusers' to_q/to_k/to_v) are joined into one
+    module of the whole weight (:func:`lora_ops.stackmerge.in_weight_layout` and an exact rank concat),
+    so the file holds one module per weight, as kohya files do.
+    """
+    from . import combine
+    from .stackmerge import in_weight_layout
+
+    groups: dict[str, list[PatchEntry]] = {}
     for e in entries:
-        if e.strength == 0.0:
-            continue
-        base = None
-        if e.adapter.magnitude is not None and base_weight is not None:
-            base = target_view(base_weight(e.target.key), e.target.offset)
-        for k, v in bake_entry(kohya_name(e), e, base).items():
+        if e.strength != 0.0:
+            groups.setdefault(e.weight_key, []).append(e)
+    out: dict[str, torch.Tensor] = {}
+    for key, group in groups.items():
+        first = group[0]
+        name = kohya_name(first)
+        joined = len(group) > 1 or (first.target.offset is not None and not first.is_bias)
+        if not joined:
+            base = None
+            if first.adapter.needs_base or first.target.transform is not None:
+                base = base_weight(first.target.key) if base_weight is not None else None
+            tensors = bake_entry(name, first, base)
+        else:
+            if any(e.is_bias for e in group):
+                total = sum(e.adapter.delta(e.adapter.diff.shape) * e.strength for e in group)
+                tensors = FullDiff(diff=total).file_tensors(name, is_bias=True)
+            else:
+                base = base_weight(key) if base_weight is not None else None
+                if base is None:
+                    raise LoraLabError(f"{first.module}: joining slices of '{key}' needs the model's weight shape.",
+                                       "connect the model.")
+                parts = [in_weight_layout(e, base.shape, base.float()) for e in group]
+                if all(combine.is_concat_able(p) for p in parts):
+                    merged = combine.merge_concat(parts, shape=base.shape)
+                else:
+                    merged = combine.merge_sum(parts, shape=base.shape)
+                tensors = merged.file_tensors(name)
+        for k, v in tensors.items():
             if k in out:
                 raise ValueError(f"two LoRA layers bake to the same key '{k}'")
             out[k] = v.detach().cpu().contiguous()
@@ -88,9 +104,9 @@ def bake_plan(entries: Iterable[PatchEntry], kohya_name: Callable[[PatchEntry], 
 
 
 def network_module_for(entries: Iterable[PatchEntry]) -> str:
-    """kohya's ``networks.lora`` unless LyCORIS-only kinds (LoHa, LoKr, full diffs) are in the file."""
-    kinds = {type(e.adapter) for e in entries if e.strength != 0.0}
-    return "lycoris.kohya" if kinds & {LohaWeights, LokrWeights, FullDiff} else "networks.lora"
+    """kohya's ``networks.lora`` unless LyCORIS-only kinds (LoHa, LoKr, OFT, full diffs...) are in the file."""
+    kinds = {e.adapter.kind for e in entries if e.strength != 0.0}
+    return "networks.lora" if kinds <= {"lora"} else "lycoris.kohya"
 
 
 def modelspec_architecture(family: str | None) -> str:
@@ -120,20 +136,13 @@ def kohya_module_name(name: str) -> str:
 
 
 def lora_state_dict(parsed) -> dict[str, torch.Tensor]:
-    """A parsed LoRA (``ParsedLora``) as a kohya-format state dict, losslessly.
-
-    Module names are rewritten to kohya's spelling; DoRA keeps its factors and ``dora_scale``.
-    """
+    """A parsed LoRA (``ParsedLora``) as a kohya-format state dict, losslessly: module names in kohya's
+    spelling, every adapter in its own kind's layout (DoRA with its ``dora_scale``)."""
     out: dict[str, torch.Tensor] = {}
     items = [(n, a, False) for n, a in parsed.modules.items()] + [(n, a, True) for n, a in parsed.bias_diffs.items()]
     for name, adapter, is_bias in items:
         kname = kohya_module_name(name)
-        magnitude = adapter.magnitude
-        if magnitude is not None:
-            adapter = replace(adapter, magnitude=None)
-        tensors = bake_entry(kname, PatchEntry(Target(name), adapter, 1.0, name, is_bias))
-        if magnitude is not None:
-            tensors[f"{kname}.dora_scale"] = magnitude
+        tensors = adapter.file_tensors(kname, is_bias=True) if is_bias else adapter.file_tensors(kname)
         for k, v in tensors.items():
             if k in out:
                 raise ValueError(f"two LoRA layers map to the same kohya key '{k}'")

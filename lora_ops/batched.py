@@ -26,45 +26,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .adapters import dora_delta
+from .errors import LoraLabError
+from .layers import LayerCall
 from .merge import PatchEntry
 
-# weight key -> fp32 base weight (for DoRA, and for the shape of fused targets)
+# weight key -> fp32 base weight (for the kinds whose delta depends on it, and DoRA)
 BaseLookup = Callable[[str], torch.Tensor]
 
-
-@dataclass(frozen=True)
-class LayerCall:
-    """How the host layer maps its input to its output: ``linear`` or ``conv`` with its geometry."""
-
-    kind: str  # "linear" | "conv"
-    stride: tuple[int, ...] = (1,)
-    padding: tuple[int, ...] | str = (0,)
-    dilation: tuple[int, ...] = (1,)
-    groups: int = 1
-
-    @staticmethod
-    def of(module: torch.nn.Module) -> LayerCall:
-        """The call geometry of a torch ``Linear`` or ``Conv1d/2d/3d`` (or a subclass of one)."""
-        if isinstance(module, torch.nn.Linear):
-            return LayerCall("linear")
-        if isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed:
-            if module.padding_mode != "zeros":
-                raise ValueError(f"padding_mode '{module.padding_mode}' is not supported by the batched sweep")
-            return LayerCall("conv", tuple(module.stride), module.padding, tuple(module.dilation), module.groups)
-        raise ValueError(f"{type(module).__name__} is neither a Linear nor a Conv layer")
-
-    @property
-    def feature_dim(self) -> int:
-        return -1 if self.kind == "linear" else 1
+__all__ = ["BatchedDelta", "LayerCall", "add_row_deltas", "prepare_deltas", "merge_overflow_weights",
+           "overflow_weights"]
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, layer: LayerCall, *, geometry: bool = True) -> torch.Tensor:
     """``conv{1,2,3}d(x, weight)`` with the layer's stride/padding/dilation (or a plain 1x1 one)."""
-    fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
-    if not geometry:
-        return fn(x, weight)
-    return fn(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return layer.apply(x, weight, geometry=geometry)
 
 
 @dataclass
@@ -178,7 +153,9 @@ def prepare_deltas(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size],
                    base: BaseLookup | None = None) -> dict[str, BatchedDelta]:
     """Group ``entries`` by layer into :class:`BatchedDelta` values at strength 1 (times each entry's
     own strength, i.e. its block-weight factor). ``shapes`` gives each weight's shape; ``base`` the
-    unpatched weight for DoRA. Module path of a delta = its key without ``.weight``.
+    unpatched weight for the kinds that need it (DoRA, OFT/BOFT, GLoRA, set-weights). Module path of a
+    delta = its key without ``.weight``. Low-rank entries stay factored (also behind a key-map transform
+    that acts on rows); everything else is formed once, as the merge forms it.
     """
     out: dict[str, BatchedDelta] = {}
     with torch.no_grad():
@@ -186,29 +163,29 @@ def prepare_deltas(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size],
             if e.strength == 0.0:
                 continue
             key = e.target.key
+            if getattr(e.adapter, "reshape", None) is not None:
+                raise LoraLabError(f"'{e.module}' widens the weight '{key}' (a control LoRA), which the batched "
+                                   "sweep cannot run in the forward pass.", "set batch_mode to repatch.")
             shape = torch.Size(shapes[key])
             d = out.setdefault(key, BatchedDelta(key=key, weight_shape=shape))
-            a = e.adapter
+            offset = e.target.offset
             if e.is_bias:
-                b = a.delta(torch.Size([shape[0]])) * e.strength
+                b = e.delta(torch.Size([shape[0]])) * e.strength
                 d.bias = b if d.bias is None else d.bias + b
                 continue
-            offset = e.target.offset
-            lr = a.low_rank() if a.magnitude is None else None
+            lr = e.low_rank()
             if lr is not None and (offset is None or offset[0] == 0):
                 up, down, scale = lr
                 d.low_rank.append(_LowRank(up.float() * (scale * e.strength), down.float(), offset))
                 continue
             part_shape = shape if offset is None else _narrowed(shape, offset)
-            if a.magnitude is not None:
+            w0 = None
+            if e.adapter.needs_base:
                 if base is None:
-                    raise ValueError("DoRA needs the base weights (pass base=...)")
-                w0 = base(key)
+                    raise ValueError(f"{e.adapter.describe()} needs the base weights (pass base=...)")
+                w0 = base(key).float()
                 w0 = w0 if offset is None else w0.narrow(*offset)
-                part = dora_delta(w0.float(), a)
-            else:
-                part = a.delta(part_shape)
-            part = part.float() * e.strength
+            part = e.delta(part_shape, base=w0).float() * e.strength
             if offset is not None:
                 whole = torch.zeros(shape)
                 whole.narrow(*offset).copy_(part)

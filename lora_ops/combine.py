@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from .adapters import Adapter, FullDiff, LoraWeights, algorithm_name, dora_delta
+from .adapters import Adapter, FullDiff, LoraWeights, algorithm_name, effective_delta, low_rank_in_layout
 from .errors import LoraLabError, ShapeMismatchError
 
 MajoritySignMethod = Literal["total", "frequency"]
@@ -114,14 +114,17 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _inferred_shape(adapter: Adapter) -> torch.Size | None:
     """The weight shape an adapter implies by itself, when its factors tell it (LoRA/LoCon, full diff)."""
-    if isinstance(adapter, LoraWeights):
-        out = adapter.up.shape[0]
-        if adapter.mid is not None:
-            return torch.Size((out, adapter.down.shape[1], *adapter.mid.shape[2:]))
-        return torch.Size((out, *adapter.down.shape[1:]))
-    if isinstance(adapter, FullDiff):
-        return adapter.diff.shape
-    return None
+    return adapter.implied_shape()
+
+
+def _transform(part: WeightedAdapter):
+    """The host key map's transform of the part's delta (a ``PatchEntry``'s target), if any."""
+    return getattr(getattr(part, "target", None), "transform", None)
+
+
+def _low_rank(part: WeightedAdapter):
+    """``(up, down, scale)`` of a plain low-rank part in the weight's layout, or ``None``."""
+    return low_rank_in_layout(part.adapter, _transform(part))
 
 
 def weight_shape(parts: Sequence[WeightedAdapter], shape: Sequence[int] | None = None,
@@ -148,41 +151,27 @@ def weight_shape(parts: Sequence[WeightedAdapter], shape: Sequence[int] | None =
 
 
 def _check_fits(parts: Sequence[WeightedAdapter], shape: torch.Size) -> None:
-    n = math.prod(shape)
     for i, p in enumerate(parts):
-        a = p.adapter
-        lr = a.low_rank()
-        if lr is not None:
-            up, down, _ = lr
-            got = (int(up.shape[0]), int(down.shape[1]))
-            if got[0] != shape[0] or got[0] * got[1] != n:
-                raise ShapeMismatchError(
-                    f"{_part_name(p, i)} has a {got[0]}x{got[1]} delta but the weight is {tuple(shape)}.",
-                    "merge only LoRAs made for the same base model.")
-        elif isinstance(a, FullDiff) and a.diff.numel() != n:
-            raise ShapeMismatchError(
-                f"{_part_name(p, i)} has a delta of shape {tuple(a.diff.shape)} "
-                f"but the weight is {tuple(shape)}.",
-                "merge only LoRAs made for the same base model.")
+        problem = p.adapter.misfit(torch.Size(shape))
+        if problem:
+            raise ShapeMismatchError(f"{_part_name(p, i)}: {problem}.", "merge only LoRAs made for the same base model.")
 
 
 def part_delta(part: WeightedAdapter, shape: Sequence[int], base: torch.Tensor | None = None,
                dtype: torch.dtype = torch.float32, index: int = 0) -> torch.Tensor:
     """``dW`` of one part at strength 1 (not multiplied by its strength), in ``dtype``, of ``shape``.
 
-    A DoRA part (``adapter.magnitude`` set) is materialised against the base weight,
-    ``dora_delta(base, adapter)``, as :func:`~lora_ops.merge.apply_patches` does; it needs ``base``.
+    A part whose delta depends on the base weight (DoRA, OFT/BOFT, GLoRA, set-weights) is materialised
+    against ``base``, as :func:`~lora_ops.merge.apply_patches` does; it needs ``base``.
     """
     a = part.adapter
     shape = torch.Size(shape)
-    if a.magnitude is not None:
-        if base is None:
-            raise LoraLabError(f"{_part_name(part, index)} is a DoRA: its delta depends on the base weight, "
-                               "and no base was given.",
-                               "pass base= (the unpatched model weight) to materialise DoRA parts.")
-        return dora_delta(base, a, dtype=dtype)
+    if a.needs_base and base is None:
+        raise LoraLabError(f"{_part_name(part, index)}: its delta depends on the base weight, and no base was "
+                           "given.", "pass base= (the unpatched model weight) to materialise such parts.")
     try:
-        return a.delta(shape, dtype=dtype, device=base.device if base is not None else None)
+        return effective_delta(a, shape, base=base, transform=_transform(part), dtype=dtype,
+                               device=base.device if base is not None else None)
     except RuntimeError as exc:  # reshape / kron size errors of a misfit LoHa or LoKr
         raise ShapeMismatchError(f"{_part_name(part, index)} does not fit a weight of shape "
                                  f"{tuple(shape)}: {exc}",
@@ -223,8 +212,7 @@ def merge_sum(parts: Sequence[WeightedAdapter], base: torch.Tensor | None = None
 
 def is_concat_able(part: WeightedAdapter) -> bool:
     """Whether :func:`merge_concat` takes this part: a LoRA/LoCon without DoRA (Tucker core allowed)."""
-    a = part.adapter
-    return a.magnitude is None and a.low_rank() is not None
+    return _low_rank(part) is not None
 
 
 def merge_concat(parts: Sequence[WeightedAdapter], shape: Sequence[int] | None = None,
@@ -267,7 +255,7 @@ def merge_concat(parts: Sequence[WeightedAdapter], shape: Sequence[int] | None =
     compute = _compute_dtype(dtype)
     ups, downs = [], []
     for p in parts:
-        up, down, scale = p.adapter.low_rank()
+        up, down, scale = _low_rank(p)
         ups.append(up.to(compute) * (float(p.strength) * scale))
         downs.append(down.to(device=up.device, dtype=compute))
     up = torch.cat(ups, dim=1)

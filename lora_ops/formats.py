@@ -24,25 +24,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters import Adapter, FullDiff, LohaWeights, LokrWeights, LoraWeights, algorithm_name
+from .adapters import KINDS, Adapter, FullDiff, LoraWeights, algorithm_name, magnitude_fits
+from .adapters import glora, loha, lokr, lora
 from .errors import LoraFileError
 
-# (up suffix, down suffix, mid suffix or None, format name)
-_LORA_PAIRS = (
-    (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight", "kohya"),
-    (".lora_B.weight", ".lora_A.weight", None, "peft"),
-    (".lora_B.default.weight", ".lora_A.default.weight", None, "peft"),
-    (".lora.up.weight", ".lora.down.weight", None, "diffusers"),
-    ("_lora.up.weight", "_lora.down.weight", None, "diffusers-old"),
-    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", None, "diffusers-old"),
-    (".lora_B", ".lora_A", None, "peft"),
-)
-_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
-_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
-_SIDE = (".alpha", ".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight")
-# Known suffixes of adapter kinds LoRA Lab does not apply; reported by name instead of "unknown key".
-_UNSUPPORTED = {".oft_blocks": "OFT", ".oft_diag": "OFT", ".boft_blocks": "BOFT", ".w_norm": "norm (w_norm)",
-                ".b_norm": "norm (b_norm)", ".set_weight": "set_weight", ".a1.weight": "GLoRA"}
+# Suffixes that name a module's tensors; a key ending in one of them belongs to the module before it.
+_MODULE_SUFFIXES = tuple(sorted(
+    {s for up, down, mid, _ in lora.PAIRS for s in (up, down, mid) if s}
+    | {f".{p}" for p in loha.PARTS + lokr.PARTS + glora.PARTS}
+    | {".oft_blocks", ".rescale", ".diff", ".diff_b", ".w_norm", ".b_norm", ".set_weight", ".reshape_weight",
+       ".alpha", ".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight", ".on_input"},
+    key=len, reverse=True))
+_MAGNITUDE_SUFFIXES = (".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+# Adapter kinds other tools write that neither core ComfyUI nor LoRA Lab applies: named, not "unknown".
+_UNSUPPORTED = {".on_input": "IA3"}
+# Format names by kind, for the report (LoRA/LoCon files keep the naming their suffixes show).
+_KIND_FORMAT = {"loha": "lycoris", "lokr": "lycoris", "glora": "lycoris", "oft": "lycoris", "boft": "lycoris",
+                "set": "set-weight"}
 
 
 @dataclass
@@ -54,15 +52,13 @@ class ParsedLora:
     formats: set[str] = field(default_factory=set)
     unsupported: dict[str, str] = field(default_factory=dict)  # key -> adapter kind we do not apply
     unknown_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the report should say about the file
 
     @property
     def format(self) -> str:
         """One word for the report: the file's naming convention(s)."""
         fmts = set(self.formats)
-        if any(isinstance(a, (LohaWeights, LokrWeights)) for a in self.modules.values()):
-            fmts.discard("kohya")
-            fmts.add("lycoris")
-        elif any(name.startswith("lycoris_") for name in self.modules):
+        if "lycoris" in fmts or any(name.startswith("lycoris_") for name in self.modules):
             fmts.discard("kohya")
             fmts.add("lycoris")
         return "+".join(sorted(fmts)) if fmts else "unknown"
@@ -71,104 +67,78 @@ class ParsedLora:
     def algorithms(self) -> list[str]:
         return sorted({algorithm_name(a) for a in self.modules.values()})
 
+    @property
+    def target_count(self) -> int:
+        """Weights the file patches: one per module adapter and one per bias delta."""
+        return len(self.modules) + len(self.bias_diffs)
 
-def _float_item(t: torch.Tensor) -> float:
-    return float(t.reshape(-1)[0].item())
+
+def module_name(key: str) -> str | None:
+    """The module a file key belongs to (``x.lora_up.weight`` -> ``x``), or ``None``."""
+    for suffix in _MODULE_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)]
+    return None
 
 
 def parse_lora(tensors: dict[str, torch.Tensor], *, source: str = "the LoRA") -> ParsedLora:
-    """Group a LoRA state dict into adapters by module name.
+    """Group a LoRA state dict into one adapter per module (the first kind of ``KINDS`` that reads it),
+    bias deltas, DoRA magnitudes, and the keys it could not place.
 
-    Raises :class:`LoraFileError` when nothing in it is a LoRA weight (a checkpoint, say).
+    Raises :class:`LoraFileError` when nothing in it is a LoRA weight (a checkpoint, say), and when a
+    layer is malformed (ranks that disagree, rank 0, an alpha that is not one finite number).
     """
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise LoraFileError(f"{source}: entry '{key}' is not a tensor.", "check that this is a LoRA file.")
+    names = sorted({n for k in tensors if (n := module_name(k)) is not None})
     claimed: set[str] = set()
     modules: dict[str, Adapter] = {}
-    formats: set[str] = set()
-
-    def side(name: str):
-        alpha = tensors.get(f"{name}.alpha")
-        mag = None
-        for suffix in (".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight"):
-            if f"{name}{suffix}" in tensors:
-                mag = tensors[f"{name}{suffix}"]
-                claimed.add(f"{name}{suffix}")
-        if alpha is not None:
-            claimed.add(f"{name}.alpha")
-        return (None if alpha is None else _float_item(alpha)), mag
-
-    keys = sorted(tensors)
-    for key in keys:
-        for up_sfx, down_sfx, mid_sfx, fmt in _LORA_PAIRS:
-            if not key.endswith(up_sfx):
-                continue
-            name = key[: -len(up_sfx)]
-            down_key = name + down_sfx
-            if down_key not in tensors or name in modules:
-                continue
-            mid = tensors.get(name + mid_sfx) if mid_sfx else None
-            alpha, mag = side(name)
-            up, down = tensors[key], tensors[down_key]
-            if up.dim() < 2 or down.dim() < 2:
-                continue
-            modules[name] = LoraWeights(up=up, down=down, alpha=alpha, mid=mid, magnitude=mag)
-            claimed.update({key, down_key} | ({name + mid_sfx} if mid is not None else set()))
-            formats.add("kohya" if fmt == "kohya" and not name.startswith("lycoris_") else fmt)
-            break
-
-    for key in keys:
-        if key in claimed:
-            continue
-        for part in _LOHA:
-            if key.endswith("." + part) and part == "hada_w1_a":
-                name = key[: -len(".hada_w1_a")]
-                need = [f"{name}.{p}" for p in _LOHA[:4]]
-                if all(k in tensors for k in need):
-                    alpha, mag = side(name)
-                    t1, t2 = tensors.get(f"{name}.hada_t1"), tensors.get(f"{name}.hada_t2")
-                    modules[name] = LohaWeights(*(tensors[k] for k in need), alpha=alpha, t1=t1, t2=t2, magnitude=mag)
-                    claimed.update(need)
-                    claimed.update(k for k in (f"{name}.hada_t1", f"{name}.hada_t2") if k in tensors)
-                    formats.add("lycoris")
-        if key.endswith((".lokr_w1", ".lokr_w1_a")):
-            name = key.rsplit(".", 1)[0]
-            if name in modules:
-                continue
-            parts = {p: tensors.get(f"{name}.{p}") for p in _LOKR}
-            has_w1 = parts["lokr_w1"] is not None or (parts["lokr_w1_a"] is not None and parts["lokr_w1_b"] is not None)
-            has_w2 = parts["lokr_w2"] is not None or (parts["lokr_w2_a"] is not None and parts["lokr_w2_b"] is not None)
-            if has_w1 and has_w2:
-                alpha, mag = side(name)
-                modules[name] = LokrWeights(
-                    w1=parts["lokr_w1"], w2=parts["lokr_w2"], w1a=parts["lokr_w1_a"], w1b=parts["lokr_w1_b"],
-                    w2a=parts["lokr_w2_a"], w2b=parts["lokr_w2_b"], t2=parts["lokr_t2"], alpha=alpha, magnitude=mag)
-                claimed.update(f"{name}.{p}" for p, t in parts.items() if t is not None)
-                formats.add("lycoris")
-
     bias_diffs: dict[str, FullDiff] = {}
-    for key in keys:
-        if key in claimed:
+    formats: set[str] = set()
+    for name in names:
+        for kind in KINDS:
+            found = kind.parse(name, tensors)
+            if found is None:
+                continue
+            adapter, keys = found
+            modules[name] = adapter
+            claimed |= keys
+            if isinstance(adapter, LoraWeights):
+                formats.add(adapter.naming)
+            elif isinstance(adapter, FullDiff):
+                formats.add("lycoris" if adapter.source == "norm" else "full-diff")
+            else:
+                formats.add(_KIND_FORMAT.get(adapter.kind, adapter.kind))
+            break
+        bias = FullDiff.parse_bias(name, tensors)
+        if bias is not None:
+            bias_diffs[name], keys = bias
+            claimed |= keys
+            formats.add("lycoris" if bias_diffs[name].source == "norm" else "full-diff")
+        adapter = modules.get(name)
+        if adapter is None:
             continue
-        if key.endswith(".diff"):
-            name = key[: -len(".diff")]
-            alpha, mag = side(name)
-            modules[name] = FullDiff(diff=tensors[key], magnitude=mag)
-            claimed.add(key)
-            formats.add("full-diff")
-        elif key.endswith(".diff_b"):
-            bias_diffs[key[: -len(".diff_b")]] = FullDiff(diff=tensors[key])
-            claimed.add(key)
-            formats.add("full-diff")
+        if f"{name}.alpha" in tensors:
+            claimed.add(f"{name}.alpha")
+        for suffix in _MAGNITUDE_SUFFIXES:
+            if (k := name + suffix) in tensors:
+                shape = adapter.implied_shape()
+                if shape is not None and len(shape) and not magnitude_fits(tensors[k], shape):
+                    raise LoraFileError(
+                        f"{source}: layer '{name}' has a DoRA magnitude of {tensors[k].numel()} values for a "
+                        f"{tuple(shape)} delta.", "the file is damaged; export it again.")
+                adapter.magnitude = tensors[k]
+                claimed.add(k)
 
     unsupported: dict[str, str] = {}
     unknown: list[str] = []
-    for key in keys:
+    for key in sorted(tensors):
         if key in claimed:
             continue
         kind = next((v for s, v in _UNSUPPORTED.items() if key.endswith(s)), None)
         if kind:
             unsupported[key] = kind
-        elif key.endswith(_SIDE) and key.rsplit(".", 1)[0] in modules:
-            continue
         else:
             unknown.append(key)
 
@@ -176,11 +146,11 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, source: str = "the LoRA") ->
         kinds = sorted(set(unsupported.values()))
         if kinds:
             raise LoraFileError(
-                f"{source} holds only {', '.join(kinds)} weights, which LoRA Lab does not apply yet.",
-                "use core ComfyUI's LoraLoader for this file.")
+                f"{source} holds only {', '.join(kinds)} weights, which neither LoRA Lab nor core ComfyUI applies.",
+                "use the tool that made the file to convert it to LoRA/LoCon, or train a LoRA instead.")
+        first = f", e.g. '{min(tensors)}'" if tensors else ""
         raise LoraFileError(
-            f"{source} holds no LoRA weights that LoRA Lab recognises ({len(tensors)} tensors, e.g. "
-            f"'{keys[0]}').",
+            f"{source} holds no LoRA weights that LoRA Lab recognises ({len(tensors)} tensors{first}).",
             "check that this is a LoRA file (not a checkpoint or an embedding).")
     return ParsedLora(modules=modules, bias_diffs=bias_diffs, formats=formats, unsupported=unsupported,
                       unknown_keys=unknown)
@@ -201,7 +171,13 @@ def apply_peft_alphas(parsed: ParsedLora, metadata: dict[str, str]) -> int:
         return 0
     try:
         config = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        parsed.notes.append(f"the file's lora_adapter_metadata is not valid JSON ({type(exc).__name__}), so PEFT's "
+                            "lora_alpha could not be read: its layers are applied at scale 1 (alpha = rank).")
+        return 0
+    if not isinstance(config, dict):
+        parsed.notes.append("the file's lora_adapter_metadata is not a JSON object, so PEFT's lora_alpha could not "
+                            "be read: its layers are applied at scale 1 (alpha = rank).")
         return 0
     components = {k.rsplit(".", 1)[0] for k in config if k.endswith(".lora_alpha")}
     count = 0
@@ -213,13 +189,24 @@ def apply_peft_alphas(parsed: ParsedLora, metadata: dict[str, str]) -> int:
             continue
         alpha = config.get(f"{component}.lora_alpha")
         local = name[len(component) + 1:]
-        for pattern, value in (config.get(f"{component}.alpha_pattern") or {}).items():
-            if re.match(rf"(.*\.)?({pattern})$", local):
+        patterns = config.get(f"{component}.alpha_pattern") or {}
+        for pattern, value in (patterns.items() if isinstance(patterns, dict) else ()):
+            try:
+                hit = re.fullmatch(rf"(.*\.)?({pattern})", local)
+            except (re.error, TypeError):
+                hit = None
+            if hit:
                 alpha = value
                 break
         if alpha is None:
             continue
-        alpha = float(alpha)
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            alpha = math.nan
+        if not math.isfinite(alpha):
+            raise LoraFileError(f"the file's lora_adapter_metadata gives layer '{name}' lora_alpha = {alpha!r}, "
+                                "not a finite number.", "the file is damaged; export it again.")
         if config.get(f"{component}.use_rslora"):
             alpha = alpha * math.sqrt(adapter.rank)
         adapter.alpha = alpha

@@ -46,10 +46,10 @@ from datetime import datetime, timezone
 
 import torch
 
-from .adapters import Adapter, dora_delta
+from .adapters import Adapter
 from .blocks import block_of, compact_names, family_blocks, normalize_family
 from .errors import LoraLabError, NonFiniteError
-from .families import family_label, same_family
+from .families import family_label
 from .keymap import KeyIndex, canonical_name
 from .merge import PatchEntry, factors_finite, target_view
 from .plan import LoadedLora, LoraPlan, load_lora, plan_lora
@@ -66,8 +66,9 @@ VERDICT_COMPATIBLE = "compatible"
 VERDICT_OTHER_FAMILY = "other family"
 VERDICT_PARTIAL = "partial"
 
-_ALGO_LABELS = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr", "full": "full diff"}
-_ALGO_ORDER = ("lora", "locon", "loha", "lokr", "full")
+_ALGO_LABELS = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr", "oft": "OFT", "boft": "BOFT",
+                "glora": "GLoRA", "full": "full diff", "norm": "norm", "set": "set-weight"}
+_ALGO_ORDER = ("lora", "locon", "loha", "lokr", "oft", "boft", "glora", "full", "norm", "set")
 
 FINDING_TEXT = {
     "nonfinite": "NaN/Inf",
@@ -78,6 +79,7 @@ FINDING_TEXT = {
     "file_underflow": "stored values that become 0 in fp16",
     "delta_underflow": "delta values that become 0 in fp16",
     "error": "delta could not be formed",
+    "needs_model": "delta depends on the model's weights (connect a model to measure it)",
 }
 PROBLEM_KINDS = ("nonfinite", "merged_overflow", "delta_overflow", "file_overflow", "error")
 
@@ -139,6 +141,7 @@ class Inspection:
     unsupported: dict[str, str] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
     model_family: str | None = None
+    model_name: str | None = None  # how the host names the model (default: the family's label)
     matched: int | None = None
     unmatched: list[str] = field(default_factory=list)
     verdict: str | None = None
@@ -179,11 +182,15 @@ class Inspection:
     def summary_lines(self) -> list[str]:
         """The three header lines the loader's report shares: format/algorithm, rank/alpha, made for."""
         meta = f"; metadata says {family_label(self.metadata_family)}" if self.metadata_family else ""
-        evidence = f" ({'; '.join(self.family_evidence)})" if self.family_evidence else ""
+        if self.family:
+            made_for = family_label(self.family) + (f" ({'; '.join(self.family_evidence)})"
+                                                    if self.family_evidence else "")
+        else:
+            made_for = "; ".join(self.family_evidence) or "unknown"
         return [
             f"format: {self.format}; algorithm: {', '.join(self.algorithms)}",
             count_summary(self.ranks, "rank") + "; " + count_summary(self.alphas, "alpha"),
-            f"made for: {family_label(self.family)}{evidence}{meta}",
+            f"made for: {made_for}{meta}",
         ]
 
     def to_text(self) -> str:
@@ -200,7 +207,7 @@ class Inspection:
                  else "the layers name no family to compare with"}[self.families_agree]
         lines.append(f"family check: {agree}")
         if self.verdict is not None:
-            lines.append(f"model: {family_label(self.model_family)}; verdict: {self.verdict} "
+            lines.append(f"model: {self.model_name or family_label(self.model_family)}; verdict: {self.verdict} "
                          f"({self.matched} of {self.targets} targets match this model)")
             if self.unmatched:
                 lines.append(f"unmatched: {len(self.unmatched)}: {_shown(self.unmatched, 5)}")
@@ -486,7 +493,7 @@ def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object] | 
     NaN/Inf, which ``plan_lora`` refuses, are matched by name only, so that the inspection can name them.
     """
     host = dict(model_keys=model_keys, model_shapes=model_shapes, model_family=model_family,
-                clip_keys=clip_keys, clip_shapes=clip_shapes, allow_other_family=True)
+                clip_keys=clip_keys, clip_shapes=clip_shapes, allow_other_family=True, refuse_unmatched=False)
     try:
         return plan_lora(lora, **host)
     except NonFiniteError:
@@ -582,10 +589,14 @@ def _analyse_target(t: _Target, base: torch.Tensor | None, findings: list[LayerF
         flag("file_underflow", f"({count} values, {count / nonzero_total:.1%})")
     try:
         with torch.no_grad():
-            if base is not None and t.adapter.magnitude is not None:
-                delta = dora_delta(base, t.adapter, dtype=torch.float32)
-            else:
-                delta = t.adapter.delta(base.shape if base is not None else (-1,), dtype=torch.float32)
+            if base is not None and t.entry is not None:
+                delta = t.entry.delta(base.shape, base=base)
+            elif t.adapter.weight_dependent:
+                flag("needs_model")
+                return None
+            else:  # without the model, DoRA's direction only (the magnitude rescale needs W0)
+                inner = t.adapter.without_magnitude() if t.adapter.magnitude is not None else t.adapter
+                delta = inner.delta((-1,), dtype=torch.float32)
     except (RuntimeError, ValueError) as exc:
         flag("error", f"({exc})")
         return None
@@ -623,7 +634,7 @@ def _natural_key(name: str) -> tuple:
 
 def inspect_lora(lora: LoadedLora, *, plan: LoraPlan | None = None, model_family: str | None = None,
                  base_weights: Callable[[str], torch.Tensor] | None = None, block_family: str | None = None,
-                 analyse_weights: bool = True) -> Inspection:
+                 analyse_weights: bool = True, model_name: str | None = None) -> Inspection:
     """Inspect a loaded LoRA, optionally against a model's plan (see the module docstring).
 
     ``plan``: the LoRA planned for the model (:func:`plan_for_inspection`), for matched/unmatched and
@@ -651,11 +662,12 @@ def inspect_lora(lora: LoadedLora, *, plan: LoraPlan | None = None, model_family
         dtypes=dict(Counter(str(t.dtype).replace("torch.", "") for t in tensors).most_common()),
         family=fam.family, family_evidence=list(fam.evidence), metadata_family=fam.metadata_family,
         training=training_info(lora.file.metadata), unsupported=dict(parsed.unsupported),
-        unknown_keys=list(parsed.unknown_keys), model_family=model_family)
+        unknown_keys=list(parsed.unknown_keys), model_family=model_family, model_name=model_name)
 
     other_family = False
     if plan is not None:
-        other_family = not same_family(fam.family, model_family)
+        # strong evidence only: layers that do not fit the model's weights, or nothing that matches
+        other_family = bool(plan.misfits) or (insp.targets > 0 and plan.matched_count == 0)
         insp.unmatched = list(plan.unmatched)
         insp.matched = insp.targets - len(plan.unmatched)
         if other_family:
@@ -676,8 +688,8 @@ def inspect_lora(lora: LoadedLora, *, plan: LoraPlan | None = None, model_family
     insp.block_family = block_family
     insp.block_source = "model's weight keys" if by_model else "file's module names"
     if other_family:
-        insp.notes.append(f"blocks are named after the LoRA's own family ({family_label(fam.family)}), not "
-                          f"the model's.")
+        insp.notes.append(f"blocks are named after the layout of the LoRA's own layers ({fam.describe()}), not "
+                          f"after the model's.")
     findings: list[LayerFinding] = []
     sums: dict[str, list] = {}
     dora_without_base = False

@@ -2,17 +2,20 @@
 
 The host (ComfyUI) already knows how its models are named in many LoRA dialects: its key maps
 (``comfy.lora.model_lora_keys_unet/_clip``) map a LoRA module name to a model weight key, or to
-``(key, (dim, offset, length))`` for a slice of a fused weight (Flux's ``linear1`` qkv). LoRA Lab
-takes such a map as plain data and adds one thing: a canonical form in which the naming variants that
-the host spells out one by one compare equal, so that files which the host skips silently (PEFT and
+``(key, (dim, offset, length))`` for a slice of a fused weight (Flux's ``linear1`` qkv), or to
+``(key, offset, function)`` where the delta must be transformed first. LoRA Lab takes such a map as
+data and adds one thing: a canonical form in which the naming variants that the host spells out one by
+one compare equal, so that files which the host skips silently (PEFT and
 diffusers attention names such as ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``)
 still find their weight. Every module ends up matched or listed as unmatched; nothing is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
 
 # Prefix rewrites on the underscore form; order matters (longest first).
 _PREFIXES = (
@@ -29,10 +32,17 @@ _PREFIXES = (
 
 @dataclass(frozen=True)
 class Target:
-    """A model weight that a LoRA module patches; ``offset = (dim, start, length)`` for a fused slice."""
+    """A model weight that a LoRA module patches.
+
+    ``offset = (dim, start, length)`` for a slice of a fused weight (Flux's ``linear1`` holds q, k, v and
+    the MLP input); ``transform``: a function of the delta that the host's key map carries for this name
+    (ComfyUI's ``swap_scale_shift`` for diffusers' ``norm_out.linear``, whose rows are stored (shift,
+    scale) where ComfyUI's modulation has (scale, shift)); the delta is ``transform(dW)``.
+    """
 
     key: str
     offset: tuple[int, int, int] | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=True)
 
     @property
     def bias_key(self) -> str:
@@ -56,10 +66,12 @@ def canonical_name(name: str) -> str:
 
 
 def _as_target(value) -> Target:
+    """A host key-map value as a :class:`Target`: a key, ``(key, offset)`` or ``(key, offset, function)``."""
     if isinstance(value, str):
         return Target(value)
     key, offset = value[0], value[1]
-    return Target(key, tuple(int(v) for v in offset) if offset is not None else None)
+    transform = value[2] if len(value) > 2 and callable(value[2]) else None
+    return Target(key, tuple(int(v) for v in offset) if offset is not None else None, transform)
 
 
 class KeyIndex:

@@ -17,8 +17,12 @@ Three paths, chosen per weight:
   in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed in fp16/bf16 on the device; on
   the CPU through one fp32 copy of the layer) and the copy is written back on restore.
 
-DoRA: the delta is normalised against the base weight ``W0`` (the weight before this merge), so
-several DoRAs stack in any order (see ``adapters.dora_delta``).
+Every delta comes from :func:`~lora_ops.adapters.effective_delta` (the kind's delta, the key map's
+transform, DoRA normalised against the base weight ``W0``, the weight before this merge, so several
+DoRAs stack in any order). Weights that are not plain floats (fp8, ComfyUI's scaled fp8 and quantized
+layers) carry a :class:`WeightCodec` from the host: they are decoded to fp32, merged, encoded back the
+way the host does, and swapped in; the original tensor is the backup. A weight a LoRA widens (``reshape``,
+BFL's Flux control LoRAs) is zero-padded to the new shape, merged and swapped in the same way.
 
 Peak extra memory is one layer's worth (plus, on the fused path, the element records). A merged
 half-precision weight that is no longer finite (fp16 stops at 65504) is restored at once and
@@ -28,13 +32,14 @@ reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 import torch
 
 from . import fused
-from .adapters import Adapter, LohaWeights, LokrWeights, dora_delta
+from .adapters import Adapter, RowTerm, effective_delta, low_rank_in_layout
+from .adapters.lora import LowRankRows
 from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
 from .keymap import Target
 
@@ -55,6 +60,32 @@ class PatchEntry:
     def weight_key(self) -> str:
         return self.target.bias_key if self.is_bias else self.target.key
 
+    def delta(self, shape, base: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
+              device=None) -> torch.Tensor:
+        """The entry's delta at strength 1 (strength not folded in), transform and DoRA included."""
+        return effective_delta(self.adapter, shape, base=base, transform=self.target.transform, dtype=dtype,
+                               device=device)
+
+    def low_rank(self):
+        """``(up, down, scale)`` in the weight's layout, or ``None`` (see ``low_rank_in_layout``)."""
+        if self.is_bias or getattr(self.adapter, "reshape", None) is not None:
+            return None
+        return low_rank_in_layout(self.adapter, self.target.transform)
+
+
+@dataclass(frozen=True)
+class WeightCodec:
+    """How a stored weight stands for its values, for weights that are not plain float tensors.
+
+    ``decode(stored) -> fp32 values`` (fp8 scaled by the layer's scale, a quantized tensor dequantised);
+    ``encode(values, key) -> stored`` the way the host stores a patched weight (its stochastic rounding
+    to fp8, seeded by the key, or its quantizer). ``describe`` names the format for messages.
+    """
+
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[torch.Tensor, str], torch.Tensor]
+    describe: str = "quantized"
+
 
 def target_view(weight: torch.Tensor, offset: tuple[int, int, int] | None) -> torch.Tensor:
     """The part of ``weight`` a patch writes to: the whole tensor or a ``narrow`` view of a fused one."""
@@ -64,41 +95,38 @@ def target_view(weight: torch.Tensor, offset: tuple[int, int, int] | None) -> to
     return weight.narrow(dim, start, length)
 
 
+def slice_shape(shape, offset: tuple[int, int, int] | None) -> torch.Size:
+    """The shape of the part of a weight of ``shape`` that ``offset`` selects (the whole when ``None``)."""
+    if offset is None:
+        return torch.Size(shape)
+    dim, _, length = offset
+    return torch.Size(list(shape[:dim]) + [length] + list(shape[dim + 1:]))
+
+
+def delta_in_weight(entry: PatchEntry, shape, base: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``strength * dW`` of ``entry`` laid out as the whole weight of ``shape`` (zeros outside a fused
+    slice); ``base`` is the whole unpatched weight (narrowed here for a slice)."""
+    offset = None if entry.is_bias else entry.target.offset
+    part = slice_shape(shape, offset)
+    b = target_view(base, offset) if base is not None else None
+    d = entry.delta(part, base=b, dtype=torch.float32) * entry.strength
+    if offset is None:
+        return d.reshape(shape).to(dtype)
+    whole = torch.zeros(torch.Size(shape), dtype=torch.float32, device=d.device)
+    target_view(whole, offset).copy_(d.reshape(part))
+    return whole.to(dtype)
+
+
 def delta_numel(adapter: Adapter) -> int | None:
     """Number of elements the adapter's delta has, when the factors tell it without computing it."""
-    lr = adapter.low_rank()
-    if lr is not None:
-        up, down, _ = lr
-        return int(up.shape[0]) * int(down.shape[1])
-    diff = getattr(adapter, "diff", None)
-    if diff is not None:
-        return diff.numel()
-    if isinstance(adapter, LohaWeights) and adapter.t1 is None and adapter.t2 is None:
-        return int(adapter.w1a.shape[0]) * math.prod(adapter.w1b.shape[1:])
-    if isinstance(adapter, LokrWeights) and adapter.t2 is None:
-        a = adapter
-        w1 = tuple(a.w1.shape) if a.w1 is not None else (int(a.w1a.shape[0]), int(a.w1b.shape[1]))
-        w2 = ((int(a.w2.shape[0]), math.prod(a.w2.shape[1:])) if a.w2 is not None
-              else (int(a.w2a.shape[0]), math.prod(a.w2b.shape[1:])))
-        return w1[0] * w2[0] * w1[1] * w2[1] if len(w1) == 2 else None
-    return None
+    return adapter.delta_numel()
 
 
 def check_shape(entry: PatchEntry, shape: torch.Size) -> str | None:
     """``None`` if the adapter fits a weight of ``shape``; else a one-line description of the misfit."""
-    adapter = entry.adapter
-    lr = adapter.low_rank()
-    if lr is not None:
-        up, down, _ = lr
-        if up.shape[0] != shape[0] or up.shape[0] * down.shape[1] != math.prod(shape):
-            return f"{entry.module}: delta {int(up.shape[0])}x{int(down.shape[1])} vs weight {tuple(shape)}"
-        return None
-    n = delta_numel(adapter)
-    if n is not None and n != math.prod(shape):
-        return f"{entry.module}: delta of {n} values vs weight {tuple(shape)}"
-    if adapter.magnitude is not None and adapter.magnitude.numel() not in (shape[0], shape[1] if len(shape) > 1 else -1):
-        return f"{entry.module}: DoRA magnitude of {adapter.magnitude.numel()} values vs weight {tuple(shape)}"
-    return None
+    problem = entry.adapter.misfit(torch.Size(shape))
+    return f"{entry.module}: {problem}" if problem else None
 
 
 def find_misfits(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -> list[tuple[PatchEntry, str]]:
@@ -109,9 +137,8 @@ def find_misfits(entries: Iterable[PatchEntry], shapes: dict[str, torch.Size]) -
         if shape is None:
             misfits.append((e, f"{e.module}: the model has no weight '{e.weight_key}'"))
             continue
-        if e.target.offset is not None:
-            dim, _, length = e.target.offset
-            shape = torch.Size(list(shape[:dim]) + [length] + list(shape[dim + 1:]))
+        if e.target.offset is not None and not e.is_bias:
+            shape = slice_shape(shape, e.target.offset)
         problem = check_shape(e, shape)
         if problem:
             misfits.append((e, problem))
@@ -187,8 +214,9 @@ def _rounds_to_finite(t: torch.Tensor, dtype: torch.dtype) -> bool:
     return True
 
 
-def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]) -> bool:
-    """Add every entry's delta to ``view`` in place; ``base`` is the unpatched value (for DoRA).
+def _merge_one(view: torch.Tensor, base: torch.Tensor | None, entries: list[PatchEntry]) -> bool:
+    """Add every entry's delta to ``view`` in place; ``base`` is the unpatched value (for the kinds
+    and DoRA whose delta depends on it).
 
     Returns whether the result is finite in the weight's dtype; checked on the fp32 accumulator before
     rounding on the CPU (cheaper than a pass over the half-precision weight, and exact about overflow).
@@ -202,15 +230,12 @@ def _merge_one(view: torch.Tensor, base: torch.Tensor, entries: list[PatchEntry]
     for e in entries:
         if e.strength == 0.0:
             continue
-        a = e.adapter
-        lr = a.low_rank() if a.magnitude is None else None
-        if a.magnitude is not None:
-            acc.add_(dora_delta(base, a, dtype=torch.float32).to(compute), alpha=e.strength)
-        elif lr is not None and acc2d is not None:
+        lr = e.low_rank()
+        if lr is not None and acc2d is not None:
             up, down, scale = lr
             acc2d.addmm_(up.to(acc.device, compute), down.to(acc.device, compute), alpha=e.strength * scale)
         else:
-            acc.add_(a.delta(acc.shape, dtype=compute, device=acc.device), alpha=e.strength)
+            acc.add_(e.delta(acc.shape, base=base, dtype=compute, device=acc.device), alpha=e.strength)
     finite = _rounds_to_finite(acc, view.dtype)
     if acc is not view:
         view.copy_(acc)
@@ -255,66 +280,28 @@ class Backup:
 CPU_CHUNK = 1 << 20  # elements of the fp32 working rows per step of the CPU merge (4 MiB: stays in cache)
 
 
-@dataclass
-class _RowTerm:
-    """One entry's delta, computable for any block of rows of the weight's 2-D view, in the general
-    path's order of operations: ``lowrank`` ``alpha * (a[rows] @ b)`` (LoRA/LoCon, alpha includes the
-    scale); ``hada`` ``alpha * ((a[rows] @ b) * (c[rows] @ d)) * scale`` (LoHa); ``kron``
-    ``alpha * kron(a, b)[rows] * scale`` (LoKr)."""
-
-    kind: str
-    parts: tuple[torch.Tensor, ...]
-    alpha: float
-    scale: float = 1.0
-
-
-def _row_terms(entries: list[PatchEntry], rows: int, cols: int) -> list[_RowTerm] | None:
-    """A :class:`_RowTerm` per entry if every entry is a LoRA/LoCon, LoHa or LoKr adapter (no Tucker core
-    in LoHa/LoKr, no DoRA) on the whole ``rows x cols`` weight, with factors of that size; ``None``
-    otherwise (the general merge then handles, or reports, it)."""
+def _row_terms(entries: list[PatchEntry], rows: int, cols: int) -> list[RowTerm] | None:
+    """A :class:`~lora_ops.adapters.RowTerm` per entry if every entry's kind computes its delta by rows
+    (LoRA/LoCon, LoHa and LoKr without Tucker cores, no DoRA) on the whole ``rows x cols`` weight, with
+    factors of that size; ``None`` otherwise (the general merge then handles, or reports, it)."""
     out = []
     for e in entries:
         if e.strength == 0.0:
             continue
-        a = e.adapter
-        if (e.target.offset is not None and not e.is_bias) or a.magnitude is not None:
+        if (e.target.offset is not None and not e.is_bias) or e.adapter.needs_base:
             return None
-        lr = a.low_rank()
-        if lr is not None:
-            up, down, scale = lr
-            if up.shape[0] != rows or down.shape[1] != cols:
-                return None
-            out.append(_RowTerm("lowrank", (up, down), e.strength * scale))
-        elif isinstance(a, LohaWeights) and (hf := a.hadamard_factors()) is not None:
-            *factors, scale = hf
-            w1a, w1b, w2a, w2b = factors
-            if not (w1a.shape[0] == w2a.shape[0] == rows and w1b.shape[1] == w2b.shape[1] == cols):
-                return None
-            out.append(_RowTerm("hada", tuple(factors), e.strength, scale))
-        elif isinstance(a, LokrWeights) and (kf := a.kron_factors()) is not None:
-            w1, w2, scale = kf
-            if w1.shape[0] * w2.shape[0] != rows or w1.shape[1] * w2.shape[1] != cols:
-                return None
-            out.append(_RowTerm("kron", (w1, w2), e.strength, scale))
+        if e.target.transform is not None:
+            lr = e.low_rank()
+            term = LowRankRows(lr[0], lr[1], e.strength * lr[2]) if lr is not None else None
         else:
+            term = e.adapter.row_term(e.strength)
+        if term is None or not term.fits(rows, cols):
             return None
+        out.append(term)
     return out
 
 
-def _kron_rows(w1: torch.Tensor, w2: torch.Tensor, r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
-    """Rows ``r0:r1`` of ``kron(w1, w2)`` into ``out`` (``(r1 - r0) x cols``), one block of ``w2`` rows
-    per row of ``w1`` they fall in."""
-    p = w2.shape[0]
-    r = r0
-    while r < r1:
-        i1, s = divmod(r, p)
-        e = min(p, s + (r1 - r))
-        torch.kron(w1[i1:i1 + 1], w2[s:e], out=out[r - r0:r - r0 + e - s])
-        r += e - s
-    return out
-
-
-def _merged_copy_cpu(weight: torch.Tensor, terms: list[_RowTerm]) -> tuple[torch.Tensor, bool]:
+def _merged_copy_cpu(weight: torch.Tensor, terms: list[RowTerm]) -> tuple[torch.Tensor, bool]:
     """``weight`` with every delta added, as a new tensor: fp32 math in row chunks that stay in cache
     (reused working buffers), one rounding per element; and whether the result is finite in the
     weight's dtype (one ``aminmax`` over the rounded result: an overflow has become inf there)."""
@@ -322,46 +309,72 @@ def _merged_copy_cpu(weight: torch.Tensor, terms: list[_RowTerm]) -> tuple[torch
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     o2d = out.view(out.shape[0], -1)
     rows, cols = o2d.shape
-    terms = [_RowTerm(t.kind, tuple(x.to(torch.float32) for x in t.parts), t.alpha, t.scale) for t in terms]
+    terms = [t.to_fp32() for t in terms]
     step = max(1, min(rows, CPU_CHUNK // max(cols, 1)))
     work = torch.empty(step * cols, dtype=torch.float32)
-    needs_scratch = any(t.kind != "lowrank" for t in terms)  # LoHa's two products, LoKr's kron rows
+    needs_scratch = any(t.needs_scratch for t in terms)  # LoHa's two products, LoKr's kron rows
     scratch = [torch.empty(step * cols, dtype=torch.float32) for _ in range(2 if needs_scratch else 0)]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        n = (r1 - r0) * cols
-        acc = work[:n].view(r1 - r0, cols)
+        acc = work[:(r1 - r0) * cols].view(r1 - r0, cols)
         acc.copy_(w2d[r0:r1])
         for t in terms:
-            if t.kind == "lowrank":
-                up, down = t.parts
-                acc.addmm_(up[r0:r1], down, alpha=t.alpha)
-                continue
-            block = scratch[0][:n].view(r1 - r0, cols)
-            if t.kind == "hada":
-                w1a, w1b, w2a, w2b = t.parts
-                torch.mm(w1a[r0:r1], w1b, out=block)
-                block.mul_(torch.mm(w2a[r0:r1], w2b, out=scratch[1][:n].view(r1 - r0, cols)))
-            else:
-                _kron_rows(*t.parts, r0, r1, block)
-            acc.add_(block.mul_(t.scale), alpha=t.alpha)
+            t.add_rows(acc, r0, r1, scratch)
         o2d[r0:r1].copy_(acc)
     return out, _rounds_to_finite(out, weight.dtype)
 
 
+def _target_shape(group: list[PatchEntry], weight: torch.Tensor) -> torch.Size:
+    """The shape the weight takes: its own, or the padded shape a widening LoRA asks for."""
+    shapes = {tuple(r) for e in group if (r := getattr(e.adapter, "reshape", None)) is not None}
+    if not shapes:
+        return weight.shape
+    if len(shapes) > 1:
+        raise ShapeMismatchError(f"LoRA layers {sorted({e.module for e in group})} widen the same weight to "
+                                 f"different shapes {sorted(shapes)}.", "apply only one of these LoRAs.")
+    return torch.Size(shapes.pop())
+
+
+def _padded(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``weight`` zero-padded at the end of every dimension to ``shape`` (a new tensor)."""
+    out = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+    out[tuple(slice(0, n) for n in weight.shape)] = weight
+    return out
+
+
+def _merged_by_codec(weight: torch.Tensor, key: str, group: list[PatchEntry], codec: WeightCodec | None,
+                     shape: torch.Size) -> tuple[torch.Tensor, bool]:
+    """The merged weight as a new stored tensor, for weights with a codec or a new shape: decode to
+    fp32 (or take the floats), pad, merge every entry (base = the decoded original), encode back."""
+    values = codec.decode(weight) if codec is not None else weight.float()
+    values = values.to(torch.float32)
+    base = values.clone() if any(e.adapter.needs_base for e in group) else None
+    if values.shape != shape:
+        values = _padded(values, shape)
+        base = _padded(base, shape) if base is not None else None
+    _merge_group(values, base if base is not None else values, group)
+    finite = bool(torch.isfinite(values).all())
+    if codec is not None:
+        return codec.encode(values, key), finite
+    return values.to(weight.dtype), finite and _rounds_to_finite(values, weight.dtype)
+
+
 def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[PatchEntry], *,
                   backup_device: torch.device | str = "cpu", check_finite: bool = True,
-                  in_place: bool = True, fused_path: bool = True) -> Backup:
+                  in_place: bool = True, fused_path: bool = True,
+                  codecs: Mapping[str, WeightCodec] | None = None) -> Backup:
     """Merge ``entries`` into the tensors of ``weights``; return the :class:`Backup` for restore.
 
     ``weights`` maps weight keys to the live tensors (parameters' ``.data``). With ``in_place=False``
     a CPU weight may be replaced by a new tensor (``weights[key] = merged``) instead of written into;
-    ``fused_path=False`` keeps GPU weights on the backup path.
+    ``fused_path=False`` keeps GPU weights on the backup path. ``codecs``: the host's codec for each
+    weight that is not a plain float tensor (always replaced, on any device; see :class:`WeightCodec`).
     On an overflow or NaN every weight touched so far is restored before the error is raised.
     """
     by_key: dict[str, list[PatchEntry]] = {}
     for e in entries:
         by_key.setdefault(e.weight_key, []).append(e)
+    codecs = codecs or {}
     backup = Backup()
     bad: list[str] = []
     jobs: list[fused.Job] = []
@@ -369,6 +382,15 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
         with torch.no_grad():
             for key, group in by_key.items():
                 weight = weights[key]
+                codec = codecs.get(key)
+                shape = _target_shape(group, weight)
+                if codec is not None or shape != weight.shape:
+                    merged, finite = _merged_by_codec(weight, key, group, codec, shape)
+                    backup.replaced[key] = weight
+                    weights[key] = merged
+                    if check_finite and not finite:
+                        bad.append(key)
+                    continue
                 key_jobs = _fused_jobs(key, weight, group) if fused_path else None
                 if key_jobs is not None:
                     jobs += key_jobs
@@ -379,7 +401,7 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     terms = _row_terms(group, *w2d.shape) if w2d is not None else None
                     if terms is not None:
                         merged, finite = _merged_copy_cpu(weight, terms)
-                    else:  # full diffs, DoRA, Tucker cores, fused slices: the general merge, into a copy
+                    else:  # full diffs, DoRA, OFT/GLoRA, Tucker cores, fused slices: the general merge
                         merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)
                         finite = _merge_group(merged, weight, group)
                     backup.replaced[key] = weight
@@ -396,7 +418,8 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                 if check_finite:
                     bad += nonfinite
         if bad:
-            raise _overflow_error(bad, weights[bad[0]].dtype, by_key)
+            raise _overflow_error(bad, backup.replaced.get(bad[0], weights[bad[0]]).dtype, by_key,
+                                  codecs.get(bad[0]))
     except BaseException:
         restore_weights(weights, backup)
         raise
@@ -405,14 +428,15 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
 
 def _merge_group(weight: torch.Tensor, original: torch.Tensor, group: list[PatchEntry]) -> bool:
     """Add every entry of one weight's ``group`` to ``weight`` in place, slice by slice; ``original``
-    holds the unpatched values (DoRA's base). Returns whether the result is finite in its dtype."""
+    holds the unpatched values (the base of DoRA and of OFT/BOFT/GLoRA/set-weights). Returns whether
+    the result is finite in its dtype."""
     by_offset: dict[object, list[PatchEntry]] = {}
     for e in group:
         by_offset.setdefault(e.target.offset if not e.is_bias else None, []).append(e)
     finite = True
     for offset, es in by_offset.items():
         view = target_view(weight, offset)
-        needs_base = any(e.adapter.magnitude is not None for e in es)
+        needs_base = any(e.adapter.needs_base for e in es)
         base = target_view(original, offset).to(weight.device) if needs_base else None
         finite = _merge_one(view, base, es) and finite
     return finite
@@ -426,6 +450,8 @@ def _fused_jobs(key: str, weight: torch.Tensor, group: list[PatchEntry]) -> list
     for e in group:
         if e.strength == 0.0:
             continue
+        if e.target.transform is not None or e.adapter.needs_base:
+            return None
         view = target_view(weight, e.target.offset if not e.is_bias else None)
         job = fused.lowrank_job(key, weight, view, e.adapter, e.strength, e.module)
         if job is None:
@@ -434,9 +460,13 @@ def _fused_jobs(key: str, weight: torch.Tensor, group: list[PatchEntry]) -> list
     return jobs
 
 
-def _overflow_error(bad, dtype, by_key) -> Exception:
+def _overflow_error(bad, dtype, by_key, codec: WeightCodec | None = None) -> Exception:
     names = [", ".join(sorted({e.module for e in by_key[k]})) or k for k in bad]
     shown = "; ".join(names[:6]) + (f" (and {len(names) - 6} more)" if len(names) > 6 else "")
+    if codec is not None:
+        return NonFiniteError(
+            f"Merging the LoRA into the model's {codec.describe} weights produced NaN/Inf in {len(bad)} "
+            f"layer(s): {shown}.", "lower the LoRA strength, or check the file with LoRA Lab Inspect.")
     if dtype in HALF_DTYPES:
         limit = torch.finfo(dtype).max
         return OverflowRiskError(

@@ -11,6 +11,10 @@ and equals the plain load, and ``NONE`` drops all of them.
 Like the SD presets, which keep BASE (the text encoder and the UNet layers outside the numbered
 blocks) at 1, the Flux block presets keep BASE, IN and OUT at 1.
 
+:data:`INSPIRE_PRESETS` are Inspire Pack's preset names and vectors as its ``resources/lbw-preset.txt``
+writes them; :mod:`lora_ops.blocks` reads each name by the model's blocks the same way (nearest attention
+block for the blocks without a position), and ``inspire: NAME`` as Inspire reads it.
+
 Pure data: no imports from the rest of the package.
 """
 
@@ -79,3 +83,67 @@ DOCUMENTED_VECTORS: dict[tuple[str, int], tuple[float, ...]] = {
     ("OUTALL", 12): _v((1, 1), (0, 5), (1, 6)),
 }
 """Each preset as the attention-only vector the other tools document it with."""
+
+
+@dataclass(frozen=True)
+class InspirePreset:
+    """A preset of ComfyUI Inspire Pack's ``resources/lbw-preset.txt``: its name and its vector as that
+    file writes it (``NAME:v0,v1,...``; v0 is BASE)."""
+
+    name: str
+    vector: str
+    families: tuple[str, ...]
+
+
+_INSPIRE_LINES = """\
+SD-NONE:0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+SD-ALL:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+SD-INS:1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0
+SD-IND:1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0
+SD-INALL:1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0
+SD-MIDD:1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0
+SD-MIDD0.2:1,0,0,0,0,0,0.2,0.4,0.4,0.2,0,0,0,0,0,0,0
+SD-MIDD0.8:1,0,0,0,0,0.5,0.8,0.8,0.4,0,0,0,0,0,0,0,0
+SD-MOUT:1,0,0,0,0,0,1,1,1,1,1,1,1,1,0.5,0,0
+SD-OUTD:1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0
+SD-OUTS:1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1
+SD-OUTALL:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1
+SD-ROUT:1,1,1,1,1,1,1,1,R,R,R,R,R,R,R,R,R
+SD-AOUT:A,1,1,1,1,1,1,1,1,1,1,1,A,A,A,A,A
+SD-AB:A,B,B,B,B,B,B,B,B,B,B,B,A,A,A,A,A
+SD-ALL0.5:0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5
+SD-LyC-NONE:0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+SD-LyC-ALL:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+SD-LyC-INALL:1,1,1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+SD-LyC-MIDALL:1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0
+SD-LyC-OUTALL:1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1,1,1,1
+SDXL-NONE:0,0,0,0,0,0,0,0,0,0,0,0
+SDXL-ALL:1,1,1,1,1,1,1,1,1,1,1,1
+SDXL-INALL:1,1,1,1,1,0,0,0,0,0,0,0
+SDXL-MIDALL:1,0,0,0,0,1,0,0,0,0,0,0
+SDXL-OUTALL:1,0,0,0,0,0,1,1,1,1,1,1
+SDXL-LyC-NONE:0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+SDXL-LyC-ALL:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+SDXL-LyC-INALL:1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0
+SDXL-LyC-MIDALL:1,0,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0
+SDXL-LyC-OUTALL:1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1
+FLUX-DBL-FRONT:1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0
+FLUX-DBL-MID:0,0,0,0,0,0,1,1,1,1,1,1,0,0,0,0,0,0
+FLUX-DBL-TAIL:0,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1
+"""
+
+
+def _inspire_families(name: str) -> tuple[str, ...]:
+    if name.startswith("SDXL-"):
+        return _SDXL
+    if name.startswith("FLUX-"):
+        return _FLUX
+    return _SD
+
+
+INSPIRE_PRESETS: tuple[InspirePreset, ...] = tuple(
+    InspirePreset(name, vector, _inspire_families(name))
+    for name, _, vector in (line.partition(":") for line in _INSPIRE_LINES.splitlines()))
+"""Inspire Pack's presets (its ``lbw-preset.txt``, without the ``@`` XY-plot test lines). Inspire reads
+every vector by the blocks present in the LoRA file; LoRA Lab reads a preset name by the model's blocks
+as the file the preset was written for (see :mod:`lora_ops.blocks`), and ``inspire: NAME`` as Inspire."""

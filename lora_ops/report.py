@@ -12,16 +12,20 @@ from .plan import LoadedLora, LoraPlan
 
 
 def load_report(lora: LoadedLora, plan: LoraPlan, *, model_family: str | None, strength_model: float,
-                strength_clip: float, has_clip: bool, block_table: str | None = None) -> str:
+                strength_clip: float, has_clip: bool, block_table: str | None = None,
+                model_name: str | None = None) -> str:
+    """The report: what the file is, what it was made for, the model (``model_name``, default the
+    family's label), and how many of the weights it patches were applied (a module's weight and its
+    bias delta count as two: each is a weight patched)."""
     # imported here so that `python -m lora_ops.inspect` does not find its module already imported
     from .inspect import inspect_lora
 
     info = inspect_lora(lora, plan=plan, model_family=model_family, analyse_weights=False)
-    lines = [f"LoRA: {lora.name}", *info.summary_lines(), f"model: {family_label(model_family)}"]
+    lines = [f"LoRA: {lora.name}", *info.summary_lines(), f"model: {model_name or family_label(model_family)}"]
     lines.append(
-        f"targets: {len({e.module for e in plan.model_entries + plan.clip_entries})} of {info.targets} applied"
-        f" (model {len({e.module for e in plan.model_entries})} at strength {strength_model:g}, "
-        f"text encoder {len({e.module for e in plan.clip_entries})} at strength {strength_clip:g}"
+        f"targets: {plan.applied_count} of {info.targets} applied"
+        f" (model {len(plan.model_entries)} at strength {strength_model:g}, "
+        f"text encoder {len(plan.clip_entries)} at strength {strength_clip:g}"
         + ("" if has_clip else ", no CLIP connected") + ")")
     if plan.skipped_zero:
         lines.append(f"weight 0 (left out): {len(plan.skipped_zero)}")

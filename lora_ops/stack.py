@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from .errors import LoraLabError
-from .merge import PatchEntry
+from .merge import PatchEntry, delta_in_weight
 
 Normalization = Literal["none", "sum", "norm"]
 
@@ -60,10 +60,9 @@ class LoraStack:
 
 
 def _factors(entry: PatchEntry) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(U, V)`` with ``strength * dW = U @ V`` (2-D), or None when the adapter is not low-rank."""
-    if entry.adapter.magnitude is not None:
-        return None
-    lr = entry.adapter.low_rank()
+    """``(U, V)`` with ``strength * dW = U @ V`` (2-D, in the layout of the entry's slice), or None when
+    the entry is not low-rank."""
+    lr = entry.low_rank()
     if lr is None:
         return None
     up, down, scale = lr
@@ -71,18 +70,28 @@ def _factors(entry: PatchEntry) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def _dense(entry: PatchEntry, shape: torch.Size, base: torch.Tensor | None) -> torch.Tensor:
-    from .adapters import dora_delta
+    """``strength * dW`` laid out as the whole weight, 2-D."""
+    if entry.adapter.needs_base and base is None:
+        raise LoraLabError(f"{entry.module}: a {entry.adapter.describe()} delta needs the model's base weight.",
+                           "pass the model.")
+    return delta_in_weight(entry, shape, base).reshape(shape[0], -1)
 
-    if entry.adapter.magnitude is not None:
-        if base is None:
-            raise LoraLabError(f"{entry.module}: a DoRA delta needs the model's base weight.", "pass the model.")
-        return (dora_delta(base.float(), entry.adapter) * entry.strength).reshape(shape[0], -1)
-    return (entry.adapter.delta(shape) * entry.strength).reshape(shape[0], -1)
+
+def _disjoint(a: PatchEntry, b: PatchEntry) -> bool:
+    """Whether two entries patch non-overlapping slices of one fused weight."""
+    oa = None if a.is_bias else a.target.offset
+    ob = None if b.is_bias else b.target.offset
+    if oa is None or ob is None or oa[0] != ob[0]:
+        return False
+    return oa[1] + oa[2] <= ob[1] or ob[1] + ob[2] <= oa[1]
 
 
 def inner(a: PatchEntry, b: PatchEntry, shape: torch.Size, base: torch.Tensor | None = None) -> float:
     """Frobenius inner product of two entries' deltas (strengths included), from factors when possible."""
-    fa, fb = _factors(a), _factors(b)
+    if _disjoint(a, b):
+        return 0.0
+    same_part = (a.target.offset == b.target.offset) or (a.is_bias and b.is_bias)
+    fa, fb = (_factors(a), _factors(b)) if same_part else (None, None)
     if fa is not None and fb is not None:
         (u1, v1), (u2, v2) = fa, fb
         return float(((u1.T @ u2) * (v1 @ v2.T)).sum())
@@ -120,11 +129,11 @@ def normalize_strengths(row_strengths: Sequence[float], rows_entries: Sequence[l
             sq = 0.0
             for e in entries:
                 by_key.setdefault(e.weight_key, []).append(e)
-                base = base_of(e.weight_key) if base_of and e.adapter.magnitude is not None else None
+                base = base_of(e.weight_key) if base_of and e.adapter.needs_base else None
                 sq += inner(e, e, shapes[e.weight_key], base)
             single.append(math.sqrt(max(sq, 0.0)))
         combined = math.sqrt(max(sum(
-            sum_norm_sq(es, shapes[k], base_of(k) if base_of and any(e.adapter.magnitude is not None for e in es)
+            sum_norm_sq(es, shapes[k], base_of(k) if base_of and any(e.adapter.needs_base for e in es)
                         else None) for k, es in by_key.items()), 0.0))
         if combined == 0:
             return 1.0, "normalise (norm): the stack's delta is zero, nothing to scale"
@@ -175,15 +184,24 @@ def conflicts(names: list[str], rows_entries: Sequence[list[PatchEntry]], block_
     """
     rank = {b: i for i, b in enumerate(block_order)}
     report = ConflictReport(names=names)
-    per_row = [{e.weight_key: e for e in entries} for entries in rows_entries]
+    per_row: list[dict[str, list[PatchEntry]]] = []
+    for entries in rows_entries:
+        by_key: dict[str, list[PatchEntry]] = {}
+        for e in entries:
+            by_key.setdefault(e.weight_key, []).append(e)
+        per_row.append(by_key)
+
+    def row_delta(es: list[PatchEntry], key: str, base) -> torch.Tensor:
+        return sum(_dense(e, shapes[key], base) for e in es)
+
     for i in range(len(per_row)):
         for j in range(i + 1, len(per_row)):
             shared = sorted(set(per_row[i]) & set(per_row[j]))
             acc: dict[str, list[float]] = {}
             for key in shared:
                 a, b = per_row[i][key], per_row[j][key]
-                base = base_of(key) if base_of and (a.adapter.magnitude is not None or b.adapter.magnitude is not None) else None
-                da, db = _dense(a, shapes[key], base), _dense(b, shapes[key], base)
+                base = base_of(key) if base_of and any(e.adapter.needs_base for e in a + b) else None
+                da, db = row_delta(a, key, base), row_delta(b, key, base)
                 both = (da != 0) & (db != 0)
                 opposite = (both & ((da > 0) != (db > 0))).sum().item()
                 stats = acc.setdefault(block_of(key), [0.0, 0.0, 0.0, 0, 0, 0])

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from . import combine
-from .adapters import FullDiff
+from .adapters import FullDiff, LoraWeights
 from .errors import LoraLabError
-from .merge import PatchEntry
+from .keymap import Target
+from .merge import PatchEntry, delta_in_weight
 
 Method = Literal["concat", "svd", "sum", "ties", "dare", "magnitude_prune"]
 METHODS: tuple[str, ...] = ("concat", "svd", "sum", "ties", "dare", "magnitude_prune")
@@ -80,20 +81,60 @@ def _validate(method: str, rank: int, energy: float, density: float) -> None:
         raise LoraLabError(f"density {density} is outside (0, 1].", "use e.g. 0.5.")
 
 
+def in_weight_layout(entry: PatchEntry, shape: torch.Size, base: torch.Tensor | None = None) -> PatchEntry:
+    """``entry`` as a part of the whole weight of ``shape``, at the same strength, with no slice, key-map
+    transform or dependence on the base left: a low-rank entry keeps its factors (a slice's factors
+    padded with zero rows or columns: exact, same rank), anything else becomes its delta as a full diff
+    (computed against ``base``, the whole unpatched weight, where the kind needs it)."""
+    offset = entry.target.offset
+    if offset is None and entry.target.transform is None and not entry.adapter.needs_base:
+        return entry
+    plain = replace(entry, target=Target(entry.target.key))
+    lr = entry.low_rank()
+    if lr is not None and offset is not None and offset[0] in (0, 1) and len(shape) >= 2:
+        up, down, scale = lr
+        dim, start, length = offset
+        if dim == 0:
+            full = torch.zeros(shape[0], up.shape[1], dtype=up.dtype, device=up.device)
+            full[start:start + length] = up
+            up = full
+        else:
+            cols_per = math.prod(shape[2:])
+            full = torch.zeros(down.shape[0], math.prod(shape[1:]), dtype=down.dtype, device=down.device)
+            full[:, start * cols_per:(start + length) * cols_per] = down
+            down = full
+        return replace(plain, adapter=LoraWeights(up=up, down=down, alpha=scale * down.shape[0]))
+    if lr is not None and offset is None:
+        up, down, scale = lr
+        return replace(plain, adapter=LoraWeights(up=up, down=down, alpha=scale * down.shape[0]))
+    if entry.adapter.needs_base and base is None:
+        raise LoraLabError(f"{entry.module}: a {entry.adapter.describe()} delta depends on the model's weight.",
+                           "connect the model the stack was applied to.")
+    unit = replace(entry, strength=1.0)
+    return replace(plain, adapter=FullDiff(diff=delta_in_weight(unit, shape, base)))
+
+
 def merge_stack(entries: Sequence[PatchEntry], method: str, *, rank: int = 0, energy: float = 0.0,
                 density: float = 0.5, seed: int = 0, base_of: Callable[[str], torch.Tensor] | None = None,
                 shape_of: Callable[[str], torch.Size]) -> MergedStack:
-    """Merge every entry (all rows, model and text encoder) into one adapter per weight key."""
+    """Merge every entry (all rows, model and text encoder) into one adapter per weight key.
+
+    Entries on slices of a fused weight (Flux's qkv), behind a key-map transform, or whose delta depends
+    on the base weight are first put in the whole weight's layout (:func:`in_weight_layout`), so every
+    merged layer is a plain LoRA or full diff of one weight, which any loader reads.
+    """
     _validate(method, rank, energy, density)
     by_key: dict[str, list[PatchEntry]] = {}
     bias: dict[str, list[PatchEntry]] = {}
     for e in entries:
         if e.strength == 0.0:
             continue
-        if e.target.offset is not None:
-            raise LoraLabError(f"{e.module} patches a slice of a fused weight, which merging does not support yet.",
-                               "merge LoRAs for models without fused weights (SD1.x, SDXL).")
-        (bias if e.is_bias else by_key).setdefault(e.weight_key, []).append(e)
+        if e.is_bias:
+            bias.setdefault(e.weight_key, []).append(e)
+            continue
+        needs_base = e.adapter.needs_base
+        base = base_of(e.weight_key).float() if needs_base and base_of is not None else None
+        by_key.setdefault(e.weight_key, []).append(in_weight_layout(e, shape_of(e.weight_key), base))
     result = MergedStack(method=method)
     generator = torch.Generator().manual_seed(seed)
     num = den = 0.0
@@ -101,8 +142,7 @@ def merge_stack(entries: Sequence[PatchEntry], method: str, *, rank: int = 0, en
         shape = shape_of(key)
         # rank is a cap: a layer narrower than it keeps its full rank
         truncate = {"rank": min(rank, shape[0], math.prod(shape[1:])) if rank else None, "energy": energy or None}
-        needs_base = any(p.adapter.magnitude is not None for p in parts)
-        base = base_of(key).float() if needs_base and base_of is not None else None
+        base = None  # every part is in the weight's layout now: no part needs the base
         live = combine.merge_sum(parts, base=base, shape=shape).diff.double()
         note = ""
         if method == "concat":

@@ -16,8 +16,10 @@ weight into the model's half-precision weights would overflow: LoRA Lab's loader
 other loaders make black images).
 
 Break point of a row (``BREAK_RULE``): the first cell, from the weakest weight up, that has a flag, or whose
-``change_prev`` is more than ``JUMP_FACTOR`` times the median of the steps before it and above
-``JUMP_FLOOR``.
+change per unit of weight, ``change_prev / |w - w_prev|`` (``w_prev`` = 0 for the step from the reference), is
+more than ``JUMP_FACTOR`` times the median of the steps before it while ``change_prev`` is above
+``JUMP_FLOOR``. Dividing by the weight step keeps uneven steps (a sweep from 0.5 after a reference at 0, or
+from -1 to 1 taken from the weakest up) from reading as a jump.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ MAX_GRID_SIDE = 16384  # pixels; larger grids are unreadable and hit image-libra
 JUMP_FACTOR = 2.5
 JUMP_FLOOR = 0.05
 BREAK_RULE = (f"first weight with a flag (nan, black, saturated, overflow), or whose change against the previous "
-              f"weight (1 - SSIM) is more than {JUMP_FACTOR}x the median of the earlier steps and above {JUMP_FLOOR}")
+              f"weight (1 - SSIM), per unit of weight step, is more than {JUMP_FACTOR}x the median of the earlier "
+              f"steps, with a change above {JUMP_FLOOR}")
 AXES = ("none", "prompts", "block_presets", "lora_b_strength")
 
 
@@ -126,6 +129,8 @@ class GridGeometry:
 
 LABEL_FONT = 14
 TITLE_FONT = 16
+ROW_LABEL_WIDTH = 220  # pixels: longer row labels wrap onto more lines
+ROW_LABEL_LINES = 3
 
 
 def grid_geometry(cols: int, rows: int, cell_w: int, cell_h: int, row_labels: Sequence[str],
@@ -133,7 +138,8 @@ def grid_geometry(cols: int, rows: int, cell_w: int, cell_h: int, row_labels: Se
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     f = font(LABEL_FONT)
     gap = 4
-    label_w = max((_text_width(probe, _short(t), f) for t in row_labels if t), default=0)
+    label_w = max((_text_width(probe, line, f) for t in row_labels if t for line in label_lines(t, probe, f)),
+                  default=0)
     left = 8 + (label_w + 10 if label_w else 0)
     top = 8 + TITLE_FONT + 8 + LABEL_FONT + 8
     width = max(left + cols * cell_w + (cols - 1) * gap + 8, _text_width(probe, title, font(TITLE_FONT)) + 16)
@@ -153,8 +159,45 @@ def check_budget(cols: int, rows: int, width: int, height: int) -> None:
                               "lower width/height, or use fewer weights or rows.")
 
 
-def _short(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _pieces(text: str) -> list[str]:
+    """``text`` cut after spaces, underscores, hyphens, dots and commas (the places a label may wrap)."""
+    out, start = [], 0
+    for i, ch in enumerate(text):
+        if ch in " _-.,/":
+            out.append(text[start:i + 1])
+            start = i + 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
+
+def _fit(text: str, draw, f, width: int, keep_end: bool) -> str:
+    """``text`` cut with an ellipsis to at most ``width`` pixels, keeping its start (or its end)."""
+    if _text_width(draw, text, f) <= width:
+        return text
+    for n in range(len(text) - 1, 0, -1):
+        cut = "…" + text[-n:] if keep_end else text[:n] + "…"
+        if _text_width(draw, cut, f) <= width:
+            return cut
+    return "…"
+
+
+def label_lines(text: str, draw, f, width: int = ROW_LABEL_WIDTH, max_lines: int = ROW_LABEL_LINES) -> list[str]:
+    """A row label as lines of at most ``width`` pixels, wrapped at word and name boundaries.
+
+    The end of a label is what tells rows apart (``lora_b.safetensors 0.3`` vs ``... 0.7``), so a label
+    that needs more than ``max_lines`` lines loses its middle, never its last line.
+    """
+    lines: list[str] = []
+    for piece in _pieces(text.strip()):
+        if lines and _text_width(draw, lines[-1] + piece, f) <= width:
+            lines[-1] += piece
+        else:
+            lines.append(piece)
+    lines = [line.strip() for line in lines if line.strip()]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 2] + ["…", lines[-1]] if max_lines >= 3 else ["…", lines[-1]]
+    return [_fit(line, draw, f, width, keep_end=i == len(lines) - 1 and i > 0) for i, line in enumerate(lines)]
 
 
 def compose_grid(images: Sequence[Sequence[Image.Image | None]], col_labels: Sequence[str], row_labels: Sequence[str],
@@ -177,7 +220,10 @@ def compose_grid(images: Sequence[Sequence[Image.Image | None]], col_labels: Seq
     for r, label in enumerate(row_labels):
         _, y0, _, y1 = geo.cell_box(r, 0)
         if label:
-            draw.text((8, (y0 + y1) / 2 - LABEL_FONT / 2), _short(label), fill=INK, font=f)
+            lines = label_lines(label, draw, f)
+            top = (y0 + y1) / 2 - len(lines) * (LABEL_FONT + 3) / 2
+            for i, line in enumerate(lines):
+                draw.text((8, top + i * (LABEL_FONT + 3)), line, fill=INK, font=f)
         for c in range(cols):
             box = geo.cell_box(r, c)
             im = images[r][c]
@@ -273,19 +319,28 @@ def measure_row(cells: Sequence[Cell], images: dict[int, torch.Tensor], referenc
 
 
 def break_point(cells: Sequence[Cell]) -> tuple[Cell, str] | None:
-    """The row's break point by :data:`BREAK_RULE` (cells in sweep order), with the reason."""
-    steps: list[float] = []
+    """The row's break point by :data:`BREAK_RULE` (cells in sweep order), with the reason.
+
+    Each step's change is compared per unit of weight: ``rate = change_prev / |w - w_prev|`` with
+    ``w_prev`` the previous cell's weight in sweep order (0, the reference, for the first)."""
+    rates: list[float] = []
+    prev_weight = 0.0
     for cell in sweep_order(cells):
         if cell.flags:
             return cell, f"{', '.join(cell.flags)} at weight {cell.weight:g}"
         d = cell.change_prev
-        if d is not None and steps:
-            trend = statistics.median(steps)
-            if d > JUMP_FLOOR and d > JUMP_FACTOR * trend:
-                return cell, (f"change against the previous weight jumps to {d:.3f} (1 - SSIM), "
-                              f"{d / trend if trend > 0 else math.inf:.1f}x the median step {trend:.3f}")
-        if d is not None:
-            steps.append(d)
+        step = abs(cell.weight - prev_weight)
+        prev_weight = cell.weight
+        if d is None or step <= 0:
+            continue
+        rate = d / step
+        if rates:
+            trend = statistics.median(rates)
+            if d > JUMP_FLOOR and rate > JUMP_FACTOR * trend:
+                return cell, (f"change against the previous weight jumps to {d:.3f} (1 - SSIM) over a step of "
+                              f"{step:g}, {rate / trend if trend > 0 else math.inf:.1f}x the median change per "
+                              f"unit of weight before it")
+        rates.append(rate)
     return None
 
 

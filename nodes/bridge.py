@@ -28,8 +28,9 @@ from comfy.patcher_extension import CallbacksMP, PatcherInjection, WrappersMP
 
 from ..lora_ops.batched import BatchedDelta, LayerCall, add_row_deltas
 from ..lora_ops.errors import LoraLabError
+from ..lora_ops.families import family_key, model_label
 from ..lora_ops.keymap import KeyIndex
-from ..lora_ops.merge import Backup, PatchEntry, apply_patches, restore_weights
+from ..lora_ops.merge import Backup, PatchEntry, WeightCodec, apply_patches, restore_weights
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,11 @@ class _LiveWeights(MutableMapping):
         return _parameter(self.module, key).data
 
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        """Swap ``value`` in as the parameter's data (same dtype and device; the shape may change only
+        where a LoRA widens a weight, and back)."""
         param = _parameter(self.module, key)
-        if value.shape != param.shape or value.dtype != param.dtype or value.device != param.device:
-            raise TypeError(f"{key}: a replacement must match the weight's shape, dtype and device")
+        if value.dtype != param.dtype or value.device != param.device:
+            raise TypeError(f"{key}: a replacement must match the weight's dtype and device")
         param.data = value
 
     def __delitem__(self, key):
@@ -77,6 +80,55 @@ class _LiveWeights(MutableMapping):
 
     def __len__(self):
         return sum(1 for _ in self.module.named_parameters())
+
+
+_PLAIN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def weight_codecs(module: torch.nn.Module, keys) -> dict[str, WeightCodec]:
+    """The host's codec for every weight of ``keys`` that is not a plain float tensor: fp8 weights, ComfyUI's
+    scaled-fp8 layers (``scale_weight``) and quantized layers (``QuantizedTensor``), i.e. every weight
+    whose op has ``convert_weight``/``set_weight`` or whose dtype is not a float type.
+
+    Decoding and encoding are the host's own, as ``ModelPatcher.patch_weight_to_device`` does it: the
+    weight to fp32, then the op's ``convert_weight``; back through the op's ``set_weight`` (with
+    ``return_weight=True``: nothing is written until LoRA Lab swaps it in) or, without one, ComfyUI's
+    ``stochastic_rounding`` to the weight's dtype; both seeded by the key as core seeds them.
+    """
+    import comfy.float
+    import comfy.model_patcher
+
+    codecs: dict[str, WeightCodec] = {}
+    for key in keys:
+        try:
+            weight, set_func, convert_func = comfy.model_patcher.get_key_weight(module, key)
+        except AttributeError:
+            continue
+        plain = type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype in _PLAIN_DTYPES
+        if plain and set_func is None and convert_func is None:
+            continue
+        codecs[key] = _codec(weight, set_func, convert_func, comfy.float.stochastic_rounding,
+                             comfy.model_patcher.string_to_seed)
+    return codecs
+
+
+def _codec(weight, set_func, convert_func, stochastic_rounding, string_to_seed) -> WeightCodec:
+    dtype = weight.dtype
+
+    def decode(stored: torch.Tensor) -> torch.Tensor:
+        values = stored.to(torch.float32, copy=True)
+        if convert_func is not None:
+            values = convert_func(values, inplace=True)
+        return values
+
+    def encode(values: torch.Tensor, key: str) -> torch.Tensor:
+        seed = string_to_seed(key)
+        if set_func is not None:
+            return set_func(values, inplace_update=False, seed=seed, return_weight=True)
+        return stochastic_rounding(values, dtype, seed=seed)
+
+    scaled = " with a per-layer scale" if convert_func is not None and type(weight) is torch.nn.Parameter else ""
+    return WeightCodec(decode, encode, f"{str(dtype).replace('torch.', '')}{scaled} ({type(weight).__name__})")
 
 
 class LoraLabApplication:
@@ -90,10 +142,11 @@ class LoraLabApplication:
         _undo(module)
         if not self.entries:
             return
+        codecs = weight_codecs(module, {e.weight_key for e in self.entries})
         # Over core's own weight patches (a core LoraLoader earlier in the chain) the GPU's fused path
         # is not used yet: that combination is only verified on the backup path.
         backup = apply_patches(_LiveWeights(module), self.entries, backup_device=patcher.offload_device,
-                               in_place=False, fused_path=not patcher.patches)
+                               in_place=False, fused_path=not patcher.patches, codecs=codecs)
         _ACTIVE[module] = backup
         log.debug("LoRA Lab: merged %d patches into %d weights", len(self.entries), len(backup))
 
@@ -133,6 +186,30 @@ def with_patches(patcher, entries: list[PatchEntry]):
     # The clone was made from a patcher that may be injected right now; this one is not yet.
     clone.is_injected = False
     return clone
+
+
+def model_lineage(model) -> list[str]:
+    """``MODEL``'s config class and its ancestors, most specific first (``['FluxSchnell', 'Flux']``)."""
+    cls = type(model.model.model_config)
+    return [c.__name__ for c in cls.__mro__ if c.__name__ not in ("BASE", "object")]
+
+
+def model_family(model) -> str:
+    """The family key of a ``MODEL`` (:func:`lora_ops.families.family_key` of its config lineage)."""
+    return family_key(model_lineage(model))
+
+
+def model_name(model) -> str:
+    """How reports name a ``MODEL``: ``SDXL``, ``Flux (FluxSchnell)``, ``Chroma``..."""
+    return model_label(model_lineage(model))
+
+
+def convert_lora(tensors: dict) -> dict:
+    """The host's own rewrite of known LoRA file layouts (``comfy.lora_convert.convert_lora``: Wan Fun
+    files, BFL's Flux control LoRAs, ...), run before matching as core runs it."""
+    import comfy.lora_convert
+
+    return comfy.lora_convert.convert_lora(tensors)
 
 
 def model_key_map(model) -> dict:
@@ -181,11 +258,13 @@ def clip_key_index(clip, shapes: dict[str, torch.Size] | None = None) -> KeyInde
 
 
 def kohya_names(model_key_map: dict, clip_key_map: dict | None, family: str | None) -> dict[str, str]:
-    """Model weight key -> the kohya module name that loaders read for it.
+    """Model weight key -> the module name a saved file uses for it, one the host's key map reads back.
 
-    Taken from ComfyUI's own key maps: for the UNet the diffusers-style ``lora_unet_down_blocks_...``
-    spelling kohya's scripts write (the LDM-style ``lora_unet_input_blocks_...`` where none exists);
-    for text encoders ``lora_te_`` on SD1.x/2.x and ``lora_te1_``/``lora_te2_`` on SDXL.
+    Taken from ComfyUI's own key maps: for the diffusion model the diffusers-style
+    ``lora_unet_down_blocks_...`` spelling kohya's scripts write for SD-type UNets (the LDM-style
+    ``lora_unet_input_blocks_...`` where none exists; for DiTs ``lora_unet_<module>``); for text encoders
+    ``lora_te_`` on SD1.x/2.x and ``lora_te1_``/``lora_te2_`` on SDXL and others; a weight with no such
+    name keeps the host's generic name for it (``text_encoders.<key>``, ``diffusion_model.<key>``).
     """
     names: dict[str, str] = {}
     for k, v in model_key_map.items():
@@ -197,7 +276,20 @@ def kohya_names(model_key_map: dict, clip_key_map: dict | None, family: str | No
     for k, v in (clip_key_map or {}).items():
         if isinstance(v, str) and k.startswith(te_prefixes):
             names.setdefault(v, k)
+    for key_map in (model_key_map, clip_key_map or {}):
+        for v in {v for v in key_map.values() if isinstance(v, str) and v.endswith(".weight")}:
+            if v not in names and (generic := _generic_name(v, key_map)) is not None:
+                names[v] = generic
     return names
+
+
+def _generic_name(key: str, key_map: dict) -> str | None:
+    """The host's generic file name for ``key`` (``diffusion_model.x`` / ``text_encoders.x``), if mapped."""
+    stem = key[: -len(".weight")]
+    for name in (stem, f"text_encoders.{stem}"):
+        if key_map.get(name) == key:
+            return name
+    return None
 
 
 def _is_ldm_name(name: str, key: str) -> bool:
@@ -221,11 +313,12 @@ def base_weight_lookup(model, clip):
 
 
 def unpatched_weight(module: torch.nn.Module, key: str) -> torch.Tensor:
-    """The weight as it is without LoRA Lab's deltas (from the backup while a clone is applied)."""
+    """The weight as it is without LoRA Lab's deltas (from the backup while a clone is applied), as the
+    values it stands for: fp8 and quantized weights decoded by the host's codec (fp32)."""
     backup = _ACTIVE.get(module)
-    if backup is not None and key in backup:
-        return backup[key]
-    return _parameter(module, key).detach()
+    stored = backup[key] if backup is not None and key in backup else _parameter(module, key).detach()
+    codec = weight_codecs(module, [key]).get(key)
+    return codec.decode(stored) if codec is not None else stored
 
 
 def with_row_strengths(patcher, deltas: dict[str, BatchedDelta], strengths: list[float]):

@@ -11,6 +11,7 @@ from ..lora_ops.errors import LoraLabError
 from ..lora_ops.inspect import inspect_lora, plan_for_inspection, render_chart
 from ..lora_ops.plan import LoadedLora
 from . import bridge
+from .changes import inputs_fingerprint
 from .images import image_tensor
 from .loader import cached_lora, model_family_of, resolve_lora_path
 
@@ -42,7 +43,8 @@ def inspect_for_host(lora: LoadedLora, model=None, clip=None):
         lora, model_keys=bridge.model_key_index(model.model, model_shapes), model_shapes=model_shapes,
         model_family=family, clip_keys=bridge.clip_key_index(clip, clip_shapes) if clip is not None else None,
         clip_shapes=clip_shapes)
-    return inspect_lora(lora, plan=plan, model_family=family, base_weights=_base_weights(model, clip))
+    return inspect_lora(lora, plan=plan, model_family=family, base_weights=_base_weights(model, clip),
+                        model_name=bridge.model_name(model))
 
 
 class LoraLabInspect:
@@ -57,6 +59,11 @@ class LoraLabInspect:
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("report", "chart")
     OUTPUT_NODE = True
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """The content of the files this node reads (``nodes.changes``): a changed file re-runs the node."""
+        return inputs_fingerprint(inputs)
 
     @classmethod
     def INPUT_TYPES(cls):

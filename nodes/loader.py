@@ -10,10 +10,19 @@ from pathlib import Path
 
 import folder_paths
 
-from ..lora_ops import LoadedLora, LoraPlan, host_family, load_lora, load_report, plan_lora
-from ..lora_ops.blocks import BlockWeights, block_table, list_presets, load_user_presets, parse_block_weights
+from ..lora_ops import LoadedLora, LoraPlan, load_lora, load_report, plan_lora
+from ..lora_ops.blocks import (
+    BlockWeights,
+    block_table,
+    list_presets,
+    load_user_presets,
+    parse_block_weights,
+    read_user_presets,
+)
 from ..lora_ops.errors import LoraFileError, LoraLabError
+from ..lora_ops.safeio import file_digest
 from . import bridge
+from .changes import inputs_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +41,23 @@ _cache: "OrderedDict[tuple, LoadedLora]" = OrderedDict()
 
 
 def cached_lora(path: str) -> LoadedLora:
-    """Read and parse a LoRA file once per (path, size, mtime), so a strength change re-reads nothing."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    """Read and parse a LoRA file once per content (real path, SHA-256 of its bytes), so a strength change
+    re-reads nothing and a file replaced by another, even of the same size and mtime, is read again. The
+    digest is remembered per version of the file (``safeio.file_digest``): one ``stat`` re-checks it."""
+    real = os.path.realpath(path)
+    try:
+        digest = file_digest(real)
+    except OSError:
+        return load_lora(path, convert=bridge.convert_lora)  # gone or unreadable: the reader names it
+    key = (real, digest)
     hit = _cache.get(key)
     if hit is not None:
         _cache.move_to_end(key)
         return hit
-    lora = load_lora(path)
+    lora = load_lora(path, convert=bridge.convert_lora)
+    if file_digest(real) != digest:  # replaced while it was read: serve it, remember nothing
+        return lora
+    lora.sha256 = digest
     _cache[key] = lora
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
@@ -56,7 +74,8 @@ def resolve_lora_path(lora_name: str) -> str:
 
 
 def model_family_of(model) -> str:
-    return host_family(type(model.model.model_config).__name__)
+    """The family key of ``model``, from its ComfyUI config class and ancestors (``bridge.model_family``)."""
+    return bridge.model_family(model)
 
 
 @dataclass
@@ -95,12 +114,15 @@ def resolve_block_weights(text: str, model, *, a: float | None = None, b: float 
         return None
     return parse_block_weights(text, model_family_of(model), a=a, b=b, seed=seed,
                                model_keys=list(bridge.weight_shapes(model.model)),
-                               user_presets=load_user_presets(user_presets_path()))
+                               user_presets=read_user_presets(user_presets_path()))
 
 
 def plan_for(model, clip, lora: LoadedLora, strength_model: float, strength_clip: float,
              allow_other_family: bool = False, block_weights: BlockWeights | None = None) -> tuple[LoraPlan, str]:
     """Match and check ``lora`` for ``model``/``clip``; return the plan and its report (no clone yet)."""
+    if block_weights is not None and block_weights.reads_file:  # 'inspire:' reads the blocks this LoRA patches
+        matched = plan_for(model, clip, lora, strength_model, strength_clip, allow_other_family)[0]
+        block_weights = block_weights.for_targets(key for key, _ in matched.block_targets())
     family = model_family_of(model)
     model_shapes = bridge.weight_shapes(model.model)
     clip_shapes = bridge.weight_shapes(clip.cond_stage_model) if clip is not None else None
@@ -111,9 +133,10 @@ def plan_for(model, clip, lora: LoadedLora, strength_model: float, strength_clip
         clip_keys=bridge.clip_key_index(clip, clip_shapes) if clip is not None else None,
         clip_shapes=clip_shapes,
         strength_clip=strength_clip, weight_fn=block_weights.factor if block_weights is not None else None,
-        allow_other_family=allow_other_family)
+        allow_other_family=allow_other_family, model_name=bridge.model_name(model))
     table = block_table(block_weights, plan.block_targets()) if block_weights is not None else None
-    report = load_report(lora, plan, model_family=family, strength_model=strength_model,
+    report = load_report(lora, plan, model_family=family, model_name=bridge.model_name(model),
+                         strength_model=strength_model,
                          strength_clip=strength_clip, has_clip=clip is not None, block_table=table)
     return plan, report
 
@@ -146,6 +169,11 @@ class LoraLabLoader:
     RETURN_TYPES = ("MODEL", "CLIP", "STRING")
     RETURN_NAMES = ("MODEL", "CLIP", "report")
     OUTPUT_NODE = False
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """The content of the files this node reads (``nodes.changes``): a changed file re-runs the node."""
+        return inputs_fingerprint(inputs)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -17,6 +17,7 @@ from . import bridge
 from .bake import lora_output_path
 from .loader import model_family_of
 from .stack import NORMALIZATIONS, plan_stack, stack_entries
+from .stack_types import STACK_INPUT
 
 
 def merged_lora(model, clip, merged, planned, *, method: str, normalization: str, name: str) -> LoadedLora:
@@ -56,13 +57,16 @@ class LoraLabMerge:
         return {
             "required": {
                 "model": ("MODEL",),
-                "lora_stack": ("LORA_STACK",),
+                "lora_stack": (STACK_INPUT,),
                 "method": (list(METHODS), {"default": "concat"}),
                 "rank": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "svd/ties/dare/prune: rank cap; 0: none"}),
                 "energy": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                     "tooltip": "svd: keep this fraction of the spectrum's energy; 0: use rank"}),
                 "density": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                # No "control after generate" (the page adds one to any input named seed): a new seed per Run
+                # would re-run the merge each time, and Save would then refuse the existing file.
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
+                                 "tooltip": "dare: seed of the random drop mask (the same seed gives the same merge)."}),
                 "normalization": (NORMALIZATIONS, {"default": "none"}),
                 "normalization_target": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 10.0, "step": 0.01}),
                 "name": ("STRING", {"default": "merged_lora"}),

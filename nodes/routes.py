@@ -13,17 +13,22 @@ dialects all come from :mod:`lora_ops.blocks`, so the JavaScript never carries a
   tensors): ComfyUI's own model detection first, then LoRA Lab's key rules for files ComfyUI does not
   recognise. ``{"family": null, "reason": ...}`` when it cannot tell.
 
+Both answer ``{"error", "fix"}`` JSON for bad queries (400) and never HTML; ``/lora_lab/family`` answers
+every file it finds with a family or a reason (never HTTP 500, never the file's bytes). Work is bounded
+(queries up to 1024 characters, headers up to :data:`MAX_HEADER_BYTES`) and runs in worker threads, at
+most :data:`MAX_CONCURRENT_WORK` at once, so the server's event loop never waits on a parse.
+
 Routes are registered once, at import, on the running ``PromptServer``. Imported without a server
 (in-process tests) the module registers nothing and imports nothing of the server.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import functools
 import logging
 import os
 import re
-import struct
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +48,7 @@ from ..lora_ops.blocks import (
 )
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import host_family
+from ..lora_ops.safeio import read_safetensors_header as read_safetensors_header_checked
 from .loader import user_presets_path
 
 log = logging.getLogger(__name__)
@@ -50,8 +56,11 @@ log = logging.getLogger(__name__)
 ROUTE_BLOCKS = "/lora_lab/blocks"
 ROUTE_FAMILY = "/lora_lab/family"
 MODEL_KINDS = ("checkpoints", "diffusion_models")
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-"""A safetensors header larger than this is refused (real checkpoints have headers of well under 1 MB)."""
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""A model header larger than this is not read (real checkpoints have headers of well under 1 MB)."""
+MAX_QUERY_CHARS = 1024
+MAX_CONCURRENT_WORK = 2
+"""Requests whose work (file headers, presets) runs at once, in worker threads; more wait their turn."""
 
 
 # --- blocks and presets ----------------------------------------------------------------------------
@@ -138,23 +147,11 @@ def blocks_payload(family: str | None, presets_path: Path | None = None) -> dict
 
 # --- a model file's family -------------------------------------------------------------------------
 
-def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
-    """Tensor name -> ``{"dtype", "shape", "data_offsets"}`` of a safetensors file, reading only its header."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError("the file is shorter than a safetensors header")
-        (size,) = struct.unpack("<Q", head)
-        if size > MAX_HEADER_BYTES:
-            raise ValueError(f"the header claims {size} bytes; not a safetensors file")
-        raw = f.read(size)
-    if len(raw) != size:
-        raise ValueError("the header is truncated")
-    header = json.loads(raw)
-    if not isinstance(header, dict):
-        raise TypeError("the header is not a JSON object")
-    header.pop("__metadata__", None)
-    return header
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file, from its checked header only (``safeio``), capped at
+    :data:`MAX_HEADER_BYTES`. Raises :class:`LoraFileError` for anything that is not a safetensors file."""
+    header = read_safetensors_header_checked(path, max_header_bytes=MAX_HEADER_BYTES)
+    return {name: info.shape for name, info in header.tensors.items()}
 
 
 def _comfy_detection(shapes: dict[str, SimpleNamespace], kind: str) -> str | None:
@@ -201,23 +198,37 @@ def family_from_keys(shapes: dict[str, tuple[int, ...]]) -> str | None:
 
 
 def model_file_family(path: str | os.PathLike, kind: str = "checkpoints") -> dict:
-    """``{"family", "label", "evidence"}`` of a model file; ``family`` None with a ``reason`` if unknown."""
+    """``{"family", "label", "evidence"}`` of a model file; ``family`` None with a ``reason`` if unknown.
+
+    Never raises, and the reason never quotes the file's bytes (a non-safetensors file's first bytes read
+    as a header length, its text read as JSON): only its name and what kind of problem it has.
+    """
     name = Path(path).name
     if not name.lower().endswith((".safetensors", ".sft")):
         return {"family": None, "reason": f"{name} is not a safetensors file; only their headers are read"}
     try:
-        header = read_safetensors_header(path)
-    except (OSError, ValueError, TypeError) as exc:
-        return {"family": None, "reason": f"cannot read the header of {name}: {exc}"}
-    shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if isinstance(v, dict)}
+        shapes = read_safetensors_header(path)
+    except LoraLabError as exc:
+        log.info("LoRA Lab: family of %s: %s", name, exc)
+        return {"family": None, "reason": f"cannot read the header of {name}: it is not a complete, well-formed "
+                                          "safetensors file (or its header is over "
+                                          f"{MAX_HEADER_BYTES // 2**20} MiB)"}
+    except Exception as exc:  # noqa: BLE001 - a route answers with a reason, never a 500
+        log.warning("LoRA Lab: reading the header of %s failed: %r", name, exc)
+        return {"family": None, "reason": f"cannot read the header of {name}"}
     family = evidence = None
     try:
         family = _comfy_detection({k: SimpleNamespace(shape=s) for k, s in shapes.items()}, kind)
         evidence = "ComfyUI's model detection"
     except Exception as exc:  # noqa: BLE001 - detection code written for real tensors; fall back to key rules
         log.debug("ComfyUI detection failed on the header of %s: %s", name, exc)
+        family = None
     if family is None:
-        family = family_from_keys(shapes)
+        try:
+            family = family_from_keys(shapes)
+        except Exception as exc:  # noqa: BLE001 - a route answers with a reason, never a 500
+            log.warning("LoRA Lab: key rules failed on the header of %s: %r", name, exc)
+            family = None
         evidence = "the file's block layout"
     if family is None:
         return {"family": None, "reason": f"{name}: no known model layout in its weight names"}
@@ -227,21 +238,66 @@ def model_file_family(path: str | os.PathLike, kind: str = "checkpoints") -> dic
 
 # --- aiohttp handlers and registration ------------------------------------------------------------
 
+_work_slots: asyncio.Semaphore | None = None
+
+
+async def run_off_loop(fn, *args):
+    """Run ``fn(*args)`` in a worker thread, at most :data:`MAX_CONCURRENT_WORK` at a time, so parsing never
+    blocks the server's event loop (every other request, the queue, the websocket)."""
+    global _work_slots
+    if _work_slots is None:
+        _work_slots = asyncio.Semaphore(MAX_CONCURRENT_WORK)
+    async with _work_slots:
+        return await asyncio.to_thread(fn, *args)
+
+
+def error_response(problem: str, fix: str = "", status: int = 400) -> web.Response:
+    return web.json_response({"error": problem, "fix": fix}, status=status)
+
+
+def json_errors(handler):
+    """Answer LoRA Lab errors as JSON ``{"error", "fix"}`` (400), anything unexpected as JSON (500) with the
+    details in the server log, never as aiohttp's HTML error page."""
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except LoraLabError as exc:
+            return error_response(exc.problem, exc.fix)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the page gets JSON
+            log.exception("LoRA Lab: %s failed", request.path)
+            return error_response(f"LoRA Lab could not answer {request.path}.", "see the ComfyUI server log.",
+                                  status=500)
+    return wrapped
+
+
+def _query(request: web.Request, key: str, default: str = "") -> str | None:
+    value = request.query.get(key, default)
+    return value if len(value) <= MAX_QUERY_CHARS else None
+
+
+@json_errors
 async def get_blocks(request: web.Request) -> web.Response:
-    return web.json_response(blocks_payload(request.query.get("family", ""), user_presets_path()))
+    family = _query(request, "family")
+    if family is None:
+        return error_response(f"family is longer than {MAX_QUERY_CHARS} characters.", "use sd1, sdxl, flux, ...")
+    return web.json_response(await run_off_loop(blocks_payload, family, user_presets_path()))
 
 
+@json_errors
 async def get_family(request: web.Request) -> web.Response:
-    kind = request.query.get("kind", "checkpoints")
-    name = request.query.get("name", "")
+    kind = _query(request, "kind", "checkpoints")
+    name = _query(request, "name")
     if kind not in MODEL_KINDS:
-        return web.json_response({"error": f"kind must be one of {', '.join(MODEL_KINDS)}"}, status=400)
+        return error_response(f"kind must be one of {', '.join(MODEL_KINDS)}.", "use kind=checkpoints.")
     if not name:
-        return web.json_response({"error": "name is required"}, status=400)
+        return error_response("name is required (at most 1024 characters).", "give a model file's name.")
     path = folder_paths.get_full_path(kind, name)
     if path is None:
         return web.json_response({"family": None, "reason": f"{name} is not in the {kind} folder"})
-    return web.json_response({"name": name, "kind": kind, **model_file_family(path, kind)})
+    return web.json_response({"name": name, "kind": kind, **await run_off_loop(model_file_family, path, kind)})
 
 
 def prompt_server():

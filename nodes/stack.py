@@ -1,4 +1,5 @@
-"""Stacks: ``LoraLabStack`` builds a ``LORA_STACK``; ``LoraLabApplyStack`` applies it in one patch pass."""
+"""Stacks: ``LoraLabStack`` builds a stack (``stack_types.STACK_TYPE``); ``LoraLabApplyStack`` applies it in one
+patch pass. Every stack input also takes the ``LORA_STACK`` lists of other packs (``stack_types.read_stack``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from ..lora_ops.plan import LoadedLora, LoraPlan
 from ..lora_ops.blocks import block_of, family_blocks
 from ..lora_ops.stack import LoraStack, StackRow, conflict_chart, conflicts, normalize_strengths, scaled
 from . import bridge
+from .changes import inputs_fingerprint
 from .images import image_tensor
+from .stack_types import STACK_INPUT, STACK_TYPE, read_stack
 from .loader import (BLOCK_EXTRA_INPUTS, cached_lora, clones_with, model_family_of, plan_for, resolve_block_weights,
                      resolve_lora_path)
 
@@ -29,8 +32,9 @@ class PlannedRow:
 
 
 def plan_stack(model, clip, stack: LoraStack | None) -> list[PlannedRow]:
-    """Read, match and check every enabled row; refuse an empty stack and mixed families."""
-    rows = stack.enabled if stack is not None else ()
+    """Read, match and check every enabled row; refuse an empty stack and mixed families. ``stack`` may be
+    another pack's ``LORA_STACK`` list (``stack_types.read_stack``)."""
+    rows = read_stack(stack).enabled
     if not rows:
         raise LoraLabError("The LoRA stack has no enabled rows.",
                            "add a LoRA with a LoRA Lab Stack node, or enable one of its rows.")
@@ -69,8 +73,13 @@ class LoraLabStack:
     DESCRIPTION = "Adds a LoRA row (name, strengths, block weights, on/off) to a LoRA stack."
     CATEGORY = "LoRA Lab"
     FUNCTION = "add"
-    RETURN_TYPES = ("LORA_STACK",)
+    RETURN_TYPES = (STACK_TYPE,)
     RETURN_NAMES = ("lora_stack",)
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """The content of the files this node reads (``nodes.changes``): a changed file re-runs the node."""
+        return inputs_fingerprint(inputs)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -82,14 +91,15 @@ class LoraLabStack:
                 "block_weights": ("STRING", {"default": ""}),
                 "enabled": ("BOOLEAN", {"default": True}),
             },
-            "optional": {"lora_stack": ("LORA_STACK",), **BLOCK_EXTRA_INPUTS},
+            "optional": {"lora_stack": (STACK_INPUT, {"tooltip": "Rows to add this LoRA to: a LoRA Lab stack or another "
+                                                                 "pack's LORA_STACK."}), **BLOCK_EXTRA_INPUTS},
         }
 
     def add(self, lora_name, strength_model, strength_clip, block_weights, enabled, lora_stack=None,
             block_a=1.0, block_b=1.0, block_seed=0):
         row = StackRow(lora_name, float(strength_model), float(strength_clip), block_weights, bool(enabled),
                        float(block_a), float(block_b), int(block_seed))
-        return ((lora_stack or LoraStack()).add(row),)
+        return (read_stack(lora_stack).add(row),)
 
 
 class LoraLabApplyStack:
@@ -107,7 +117,7 @@ class LoraLabApplyStack:
         return {
             "required": {
                 "model": ("MODEL",),
-                "lora_stack": ("LORA_STACK",),
+                "lora_stack": (STACK_INPUT,),
                 "normalization": (NORMALIZATIONS, {"default": "none", "tooltip":
                                   "none: plain sum; sum: strengths scaled to sum to the target; norm: the combined "
                                   "delta's norm scaled to target x the strongest single LoRA's."}),
@@ -142,7 +152,7 @@ class LoraLabConflicts:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "lora_stack": ("LORA_STACK",)}}
+        return {"required": {"model": ("MODEL",), "lora_stack": (STACK_INPUT,)}}
 
     def analyse(self, model, lora_stack):
         planned = plan_stack(model, None, lora_stack)

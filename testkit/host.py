@@ -10,8 +10,11 @@ Two modes:
   with a private base directory (models, custom_nodes, input, output, temp, user, database) and
   talks to it over HTTP with the standard library only.
 
-Where the host lives: ``$COMFYUI_PATH`` if set, else ``<repo>/.host/ComfyUI`` as prepared by
-``scripts/setup_env.sh`` (``make test`` runs it).
+Which host: ``$COMFYUI_PATH`` if set (with ``$COMFYUI_PYTHONPATH``, folders of extra packages it needs),
+else the one ``$LORA_LAB_HOST`` names, as ``scripts/setup_env.sh`` prepares it (``make test`` runs it):
+``0.3.75`` (the default) in ``<repo>/.host/ComfyUI``; ``0.8.0`` in ``<repo>/.host/ComfyUI-0.8.0``, whose
+packages beyond the shared ``.venv`` lie in ``<repo>/.host/ComfyUI-0.8.0-site`` and are put first on the
+import path of this process (:func:`import_comfy`) and of every server (:class:`ComfyServer`).
 """
 
 from __future__ import annotations
@@ -58,18 +61,81 @@ class HostError(RuntimeError):
 # Locating the host
 
 
+HOSTS = {
+    "0.3.75": (".host/ComfyUI", None),
+    "0.8.0": (".host/ComfyUI-0.8.0", ".host/ComfyUI-0.8.0-site"),
+}
+"""``LORA_LAB_HOST`` value -> (ComfyUI folder, folder of its extra packages), relative to the repository."""
+DEFAULT_HOST = "0.3.75"
+
+
+def host_name() -> str:
+    """The bundled host ``$LORA_LAB_HOST`` selects (default 0.3.75); ignored when ``$COMFYUI_PATH`` is set."""
+    name = os.environ.get("LORA_LAB_HOST", "") or DEFAULT_HOST
+    if name not in HOSTS:
+        raise HostError(f"LORA_LAB_HOST={name!r}: the bundled hosts are {', '.join(HOSTS)}; "
+                        "or set COMFYUI_PATH to an existing ComfyUI checkout.")
+    return name
+
+
 def comfyui_path() -> Path:
-    """The ComfyUI folder to test against: ``$COMFYUI_PATH`` or ``<repo>/.host/ComfyUI``."""
+    """The ComfyUI folder to test against: ``$COMFYUI_PATH`` or the bundled host ``$LORA_LAB_HOST`` names."""
     env = os.environ.get("COMFYUI_PATH")
-    path = Path(env).expanduser().resolve() if env else REPO_ROOT / ".host" / "ComfyUI"
+    path = Path(env).expanduser().resolve() if env else REPO_ROOT / HOSTS[host_name()][0]
     if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
-        origin = "COMFYUI_PATH" if env else "the bundled host"
+        origin = "COMFYUI_PATH" if env else f"the bundled host {host_name()}"
         raise HostError(
             f"No ComfyUI found at {path} ({origin}: need main.py and comfy/ there). "
-            "Run `make test` (or `bash scripts/setup_env.sh`) to install the bundled ComfyUI 0.3.75, "
-            "or set COMFYUI_PATH to an existing ComfyUI checkout."
+            f"Run `make test` (or `LORA_LAB_HOST={host_name()} bash scripts/setup_env.sh`) to install the bundled "
+            "ComfyUI, or set COMFYUI_PATH to an existing ComfyUI checkout."
         )
     return path
+
+
+def host_site_paths() -> list[Path]:
+    """Folders of packages the host needs beyond the environment, first on its import path:
+    ``$COMFYUI_PYTHONPATH`` (``os.pathsep``-separated) with ``$COMFYUI_PATH``, else the bundled host's."""
+    if os.environ.get("COMFYUI_PATH"):
+        return [Path(p).expanduser().resolve() for p in os.environ.get("COMFYUI_PYTHONPATH", "").split(os.pathsep)
+                if p.strip()]
+    site = HOSTS[host_name()][1]
+    if site is None:
+        return []
+    path = REPO_ROOT / site
+    if not path.is_dir():
+        raise HostError(f"The packages ComfyUI {host_name()} needs are not installed in {path}. "
+                        f"Run `LORA_LAB_HOST={host_name()} bash scripts/setup_env.sh`.")
+    return [path]
+
+
+def comfyui_version(root: Path | None = None) -> str:
+    """The host's version from its ``comfyui_version.py`` (``"0.3.75"``, ``"0.8.0"``)."""
+    text = ((root or comfyui_path()) / "comfyui_version.py").read_text()
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
+    return match.group(1) if match else "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Differences between the hosts that test code has to follow
+
+
+def flux_params(params: dict) -> dict:
+    """``params`` for ComfyUI's ``Flux``/``Chroma`` on this host: 0.8.0's ``FluxParams`` requires
+    ``txt_ids_dims`` (``[]`` for Flux.1, as its model detection sets; 0.3.75 has no such field)."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        return {"txt_ids_dims": [], **params}
+    return dict(params)
+
+
+def accepts_argument(function, name: str) -> bool:
+    """Whether ``function`` takes ``name`` (e.g. core ``TrainLoraNode.execute``'s ``bucket_mode``, new in 0.8.0)."""
+    import inspect
+
+    return name in inspect.signature(function).parameters
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,11 +174,12 @@ def import_comfy() -> None:
                 "first, and import this pack's own packages through import_pack() (lora_lab.nodes...)."
             )
 
-    root_str = str(root)
-    if not sys.path or sys.path[0] != root_str:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(root_str)
-        sys.path.insert(0, root_str)
+    for folder in [*reversed(host_site_paths()), root]:
+        folder_str = str(folder)
+        if not sys.path or sys.path[0] != folder_str:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder_str)
+            sys.path.insert(0, folder_str)
 
     if "comfy.model_management" not in sys.modules:
         from comfy.cli_args import args
@@ -167,38 +234,46 @@ def import_pack() -> ModuleType:
 
 @contextlib.contextmanager
 def use_model_dirs(
-    loras_dir: str | os.PathLike | None = None,
+    loras_dir: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
     checkpoints_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
+    input_dir: str | os.PathLike | None = None,
 ) -> Iterator[None]:
     """Point in-process ``folder_paths`` at test folders for the duration of a ``with`` block.
 
     Each given folder *replaces* the host's search list for that kind (so only test files are
-    listed), and the output folder replaces ``folder_paths.get_output_directory()``. Everything is
-    restored on exit. ``folder_paths`` keeps a file-list cache keyed by kind and checked against
-    folder mtimes; the touched kinds are dropped from it on entry and exit.
+    listed); ``loras_dir`` may be a list of folders (as ``extra_model_paths.yaml`` gives), the first
+    being where new files go. The output and input folders replace ``folder_paths.get_output_directory()``
+    and ``get_input_directory()``. Everything is restored on exit. ``folder_paths`` keeps a file-list
+    cache keyed by kind and checked against folder mtimes; the touched kinds are dropped from it on
+    entry and exit.
     """
     import_comfy()
     import folder_paths
 
     replaced: dict[str, tuple[list[str], object]] = {}
     old_output = folder_paths.get_output_directory()
+    old_input = folder_paths.get_input_directory()
     try:
         for kind, folder in (("loras", loras_dir), ("checkpoints", checkpoints_dir)):
             if folder is None:
                 continue
+            folders = [folder] if isinstance(folder, (str, os.PathLike)) else list(folder)
             paths, extensions = folder_paths.folder_names_and_paths[kind]
             replaced[kind] = (paths, extensions)
-            folder_paths.folder_names_and_paths[kind] = ([str(Path(folder).resolve())], extensions)
+            folder_paths.folder_names_and_paths[kind] = ([str(Path(f).resolve()) for f in folders], extensions)
             folder_paths.filename_list_cache.pop(kind, None)
         if output_dir is not None:
             folder_paths.set_output_directory(str(Path(output_dir).resolve()))
+        if input_dir is not None:
+            folder_paths.set_input_directory(str(Path(input_dir).resolve()))
         yield
     finally:
         for kind, entry in replaced.items():
             folder_paths.folder_names_and_paths[kind] = entry
             folder_paths.filename_list_cache.pop(kind, None)
         folder_paths.set_output_directory(old_output)
+        folder_paths.set_input_directory(old_input)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +401,9 @@ class ComfyServer:
             return self
         self.port = _free_loopback_port()
         env = dict(os.environ)
+        site = [str(p) for p in host_site_paths()]
+        if site:
+            env["PYTHONPATH"] = os.pathsep.join(site + [p for p in [env.get("PYTHONPATH", "")] if p])
         env.update(
             PYTHONUNBUFFERED="1",
             HF_HUB_OFFLINE="1",

@@ -33,3 +33,16 @@ def small_vae(dtype: torch.dtype = torch.float32) -> Any:
     shapes = meta_shapes(lambda: AutoencoderKL(**small_vae_config()["params"]))
     sd = seeded_state_dict(shapes, SEED_SMALL_VAE)
     return comfy.sd.VAE(sd=sd, config=small_vae_config(), device=torch.device("cpu"), dtype=dtype)
+
+
+def small_taesd(latent_channels: int = 16, dtype: torch.dtype = torch.float32) -> Any:
+    """A fresh ``comfy.sd.VAE`` wrapping ComfyUI's own tiny autoencoder (``comfy.taesd.taesd.TAESD``, 8x,
+    ``latent_channels`` wide: 16 for Flux/SD3/Chroma-type image latents) with seeded weights: ComfyUI
+    detects it from its ``taesd_decoder.*`` keys as it detects a downloaded TAESD file."""
+    comfy = import_comfy()
+    import comfy.taesd.taesd  # noqa: PLC0415
+
+    shapes = meta_shapes(lambda: comfy.taesd.taesd.TAESD(latent_channels=latent_channels))
+    sd = seeded_state_dict(shapes, SEED_SMALL_VAE + latent_channels)
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+    return comfy.sd.VAE(sd=sd, device=torch.device("cpu"), dtype=dtype)

@@ -12,8 +12,10 @@ import ast
 import json
 import math
 import re
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -75,10 +77,12 @@ def flux_keys():
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
+    from testkit.host import flux_params
+
     params = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
                   mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
                   theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
-    return _meta_keys(lambda: Flux(operations=comfy.ops.disable_weight_init, **params))
+    return _meta_keys(lambda: Flux(operations=comfy.ops.disable_weight_init, **flux_params(params)))
 
 
 @pytest.fixture(scope="module")
@@ -539,3 +543,334 @@ def test_blocks_module_is_host_free():
     imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
     assert "comfy" not in imported and "folder_paths" not in imported
+
+
+# --- Inspire Pack: presets, the file-order reading, preset files ----------------------------------------
+
+INSPIRE_FILE = """\
+SD-NONE:0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+SD-ALL:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+SD-INALL:1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0
+SD-OUTALL:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1
+SD-MOUT:1,0,0,0,0,0,1,1,1,1,1,1,1,1,0.5,0,0
+SD-LyC-MIDALL:1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0
+SDXL-OUTALL:1,0,0,0,0,0,1,1,1,1,1,1
+FLUX-DBL-TAIL:0,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1
+@SD-FULL-TEST:17
+@SD-BLOCK1-TEST:17,12,1
+"""
+"""Lines of Inspire Pack's resources/lbw-preset.txt as it ships them (``@`` lines are its XY-plot tests)."""
+
+INSPIRE_CUSTOM = """\
+SD-BODY:1,1,1,1,1,1,1,1,0,0,0,1,1,1,1,1,1
+SD-LyCOBODY0.5:1,1,1,1,1,1,1,1,1,0.2,0.2,0.5,1,1,0,0,0,0.2,0,0,0.8,1,1,1,1
+"""
+"""Two lines of Inspire's lbw-preset.custom.txt.example; the second holds 25 values as it ships."""
+
+
+def _inspire_reference(keys, tokens, *, a=4.0, b=1.0, seed=0):
+    """Inspire Pack's LoraLoaderBlockWeight.load_lbw, written out here from its source as a reference:
+    key -> weight for the patched keys (key order as given, sorted stably by group then number)."""
+    groups = ["input_blocks.", "middle_block.", "output_blocks.", "double_blocks.", "single_blocks."]
+    listed, others = [], []
+    for key in keys:
+        rest = key[len("diffusion_model."):]
+        for g, prefix in enumerate(groups):
+            if rest.startswith(prefix):
+                two = rest[len(prefix):len(prefix) + 2]
+                listed.append((g, int(two[0]) if two[1] == "." else int(two), key))
+                break
+        else:
+            others.append(key)
+    listed.sort(key=lambda t: (t[0], t[1]))
+    np.random.seed(seed % (2**31))
+
+    def convert(x):
+        if x in ("U", "u"):
+            return round(np.random.uniform(-1.5, 1.5), 2)
+        if x in ("R", "r"):
+            return round(np.random.uniform(0, 3.0), 2)
+        return {"A": a, "a": a / 2, "B": b, "b": b / 2}.get(x) if x in "AaBb" else float(x)
+
+    out, ratio, i, last = {}, 1.0, 1, None
+    for _, number, key in listed:
+        if last != number and len(tokens) > i:
+            ratio = convert(tokens[i].strip())
+            i += 1
+        last = number
+        out[key] = ratio
+    base = convert(tokens[0].strip())
+    out.update({key: base for key in others})
+    return out
+
+
+def _attention_only(keys):
+    return [k for k in keys if ".attn" in k or "proj_in" in k or "proj_out" in k or ".ff." in k or "self_attn" in k
+            or "mlp" in k]
+
+
+def test_inspire_reading_matches_the_reference_rule(sd15_keys, sdxl_keys):
+    cases = []
+    for unet, te, fam in ((*sd15_keys, "sd1"), (*sdxl_keys, "sdxl")):
+        weights = [k for k in unet if k.endswith(".weight")]
+        no_conv_in = [k for k in weights if ".input_blocks.0." not in k]
+        cases += [(fam, weights + te), (fam, no_conv_in), (fam, _attention_only(weights) + te)]
+    rng = np.random.default_rng(3)
+    vectors = [[f"{0.01 * i:.2f}" for i in range(17)], [f"{0.01 * i:.2f}" for i in range(40)], ["1"] * 12,
+               ["0.5"] + ["R", "U", "A", "a", "B", "b", "1", "0"] * 3, ["0.25"], ["1", "2"]]
+    for fam, keys in cases:
+        keys = list(rng.permutation(keys))
+        for tokens in vectors:
+            for seed in (0, 2**40 + 5):
+                w = parse("inspire: " + ",".join(tokens), fam, a=0.7, b=-0.3, seed=seed)
+                assert w.reads_file
+                with pytest.raises(BlockWeightsError, match="read by the blocks of a LoRA file"):
+                    w.factor(keys[0])
+                bound = w.for_targets(keys)
+                expected = _inspire_reference(keys, tokens, a=0.7, b=-0.3, seed=seed)
+                for key in keys:
+                    assert bound.factor(key) == pytest.approx(expected[key], abs=1e-12), (fam, tokens, key)
+
+
+def test_inspire_counts_and_the_shared_position(sd15_keys, sdxl_keys):
+    """Inspire's vector lengths: 17/12 for attention-only files, 27/21 for LyCORIS files without conv_in,
+    28/22 with conv_in (field-notes §3: the 27/21 counts hold for files without conv_in)."""
+    for (unet, te), lengths in ((sd15_keys, (17, 27, 28)), (sdxl_keys, (12, 21, 22))):
+        weights = [k for k in unet if k.endswith(".weight")]
+        no_conv_in = [k for k in weights if ".input_blocks.0." not in k]
+        got = [1 + len(blocks.inspire_positions(keys)) for keys in (_attention_only(weights), no_conv_in, weights)]
+        assert tuple(got) == lengths
+    # a middle sub-module with the number of the last input block shares its position (Inspire compares
+    # numbers only)
+    keys = ["diffusion_model.input_blocks.1.1.proj_in.weight", "diffusion_model.middle_block.1.proj_in.weight",
+            "diffusion_model.output_blocks.3.1.proj_in.weight"]
+    assert blocks.inspire_positions(keys) == [[("input_blocks", 1), ("middle_block", 1)], [("output_blocks", 3)]]
+    bound = parse("inspire: 0.5, 0.25, 0.75", "sd1").for_targets(keys)
+    assert [bound.factor(k) for k in keys] == [0.25, 0.25, 0.75] == [_inspire_reference(keys, ["0.5", "0.25", "0.75"])[k]
+                                                                       for k in keys]
+    # BASE alone: Inspire's blocks keep its initial 1
+    assert parse("inspire: 0.3", "sd1").for_targets(keys).factor(keys[0]) == 1.0
+
+
+def test_inspire_text_forms_and_errors(sd15_keys):
+    unet, _ = sd15_keys
+    keys = [k for k in unet if k.endswith(".weight")]
+    plain = parse("inspire: " + ",".join(["1"] * 12 + ["0"] * 5), "sd1").for_targets(keys)
+    assert parse("# from Inspire\n  INSPIRE :MYNAME:" + ",".join(["1"] * 12 + ["0"] * 5), "sd1").for_targets(
+        keys).vector == plain.vector
+    preset = parse("inspire: SD-INALL", "sd1").for_targets(keys)
+    raw = parse("inspire: " + blocks.INSPIRE_PRESETS[4].vector, "sd1").for_targets(keys)
+    assert blocks.INSPIRE_PRESETS[4].name == "SD-INALL" and preset.vector == raw.vector
+    # named entries after the vector override it, by the model's blocks
+    over = parse("inspire: SD-INALL, OUT05=0.5, IN04.attn=0", "sd1").for_targets(keys)
+    assert over.vector["OUT05"] == 0.5 and over.vector["IN05"] == raw.vector["IN05"]
+    assert over.factor("diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight") == 0
+    w = parse("inspire: SD-INALL", "sd1")
+    assert parse(w.describe(), "sd1").for_targets(keys).vector == preset.vector  # describe round-trips
+    for text, needles in [
+        ("inspire: 1,1 0.5,0", ["space-separated", "IN05.attn=0"]),
+        ("inspire: %default=0, in=1", ["'%'", "*=0, IN*=1"]),
+        ("inspire: NOSUCH", ["neither a value nor a preset", "SD-INALL"]),
+        ("inspire: SDXL-ALL", ["for SD1.x", "SD-ALL"]),
+        ("inspire: 1,0,1, OUTALL", ["only BLOCK=weight entries"]),
+        ("inspire: 1,0,1, IN99=1", ["Unknown block 'IN99'"]),
+        ("inspire:", ["no vector"]),
+        ("inspire: A,1,1", ["needs the A input", "default A is 4"]),
+        ("inspire: OUTALL", ["not a vector"]),
+        ("SD-BODY:1,1,1", ["line of a preset file", "inspire:"]),
+    ]:
+        with pytest.raises(BlockWeightsError) as info:
+            parse(text, "sd1")
+        for needle in needles:
+            assert needle in str(info.value), (text, str(info.value))
+    with pytest.raises(BlockWeightsError, match="only the whole text"):
+        parse("MINE, IN04=1", "sd1", user_presets={"MINE": "inspire: 1,0,1"})
+
+
+def test_inspire_preset_names_read_by_the_models_blocks(sd15_keys, sdxl_keys, flux_keys):
+    """An Inspire preset name means its vector read as for the file it was written for, blocks without a
+    position taking their nearest neighbour's weight (as LoRA Lab's presets); where LoRA Lab has the
+    preset, the two are the same weights."""
+    from lora_lab.lora_ops.presets import BUILTIN_PRESETS, INSPIRE_PRESETS
+
+    ours = {p.name for p in BUILTIN_PRESETS}
+    checked = 0
+    for preset in INSPIRE_PRESETS:
+        values = [float(v) if v not in "ABR" else v for v in preset.vector.split(",")]
+        fam = preset.families[0]
+        if fam == "flux":
+            keys = flux_keys
+            padded = values + [values[-1]] * (58 - len(values))
+            expected = dict(zip(FLUX58, padded))
+            expected.update(IN=padded[0], OUT=padded[0])
+
+            def block(k):
+                return blocks.block_of("flux", k)
+        else:
+            unet, te = sd15_keys if fam == "sd1" else sdxl_keys
+            keys = unet + te
+            order = {17: SD17, 27: SD27, 12: XL12, 21: XL21}[len(values)]
+            whole = [n for n in order if "." not in n or n == "M00.1"]
+            flat = [v for n, v in zip(order, values) if "." not in n or n == "M00.1"]
+            expected = _neighbour_fill([n.split(".")[0] for n in whole], flat, SD26 if fam == "sd1" else XL20)
+
+            def block(k):
+                return reference_sd_block(k) if k.startswith("diffusion_model.") else "BASE"
+        if any(isinstance(v, str) for v in values):
+            continue
+        w = parse(preset.name.lower(), fam)
+        for key in keys:
+            want = expected[block(key)]
+            if len(values) in (27, 21) and ".middle_block." in key:
+                want = values[order.index("M00." + key.split(".middle_block.")[1][0])]
+            assert w.factor(key) == want, (preset.name, key)
+        short = preset.name.split("-", 1)[1]
+        if short in ours:
+            same = parse(short, fam)
+            assert all(w.factor(k) == same.factor(k) for k in keys), preset.name
+            checked += 1
+    assert checked == 15  # SD: NONE ALL INS IND INALL MIDD OUTD OUTS OUTALL ALL0.5; SDXL: NONE ALL INALL MIDALL OUTALL
+
+
+def test_inspire_random_and_placeholder_tokens():
+    keys = [f"diffusion_model.input_blocks.{i}.1.proj_in.weight" for i in (1, 2, 4, 5)]
+    w = parse("inspire: R, R, U, A, a", "sd1", a=4.0, seed=2**33 + 11).for_targets(keys)
+    rng = np.random.RandomState((2**33 + 11) % 2**31)
+    draws = [round(rng.uniform(0, 3.0), 2), round(rng.uniform(-1.5, 1.5), 2)]
+    base = round(rng.uniform(0, 3.0), 2)  # BASE is drawn last
+    assert [w.factor(k) for k in keys] == [draws[0], draws[1], 4.0, 2.0]
+    assert w.vector["BASE"] == base and 0 <= base < 3
+    ours = parse("IN01=R", "sd1", seed=5).vector["IN01"]
+    assert 0 <= ours < 1  # LoRA Lab's own R stays in [0, 1)
+
+
+def test_vector_zeroes_are_reported_with_the_share_and_the_fix(sd15_keys):
+    unet, _ = sd15_keys
+    keys = [k for k in unet if k.endswith(".weight")]
+    pairs = [(k, True) for k in keys]
+    lines = blocks.block_notes(parse(",".join(["1"] * 17), "sd1"), pairs)
+    warning = [line for line in lines if line.startswith("WARNING")]
+    assert len(warning) == 1
+    held = sum(1 for k in keys if reference_sd_block(k) in
+               {"IN00", "IN03", "IN06", "IN09", "IN10", "IN11", "OUT00", "OUT01", "OUT02"})
+    assert f"IN00, IN03, IN06, IN09-IN11, OUT00-OUT02, which this LoRA patches ({held} of its {len(keys)}" in warning[0]
+    assert "IN09-IN11=1" in warning[0] and "inspire:" in warning[0]
+    assert "WARNING" in blocks.block_table(parse(",".join(["1"] * 17), "sd1"), pairs)
+    # named after the vector: kept, no warning; a block the LoRA does not patch: no warning
+    fixed = parse(",".join(["1"] * 17) + ", IN00=1, IN03=1, IN06=1, IN09-IN11=1, OUT00-OUT02=1", "sd1")
+    assert not [x for x in blocks.block_notes(fixed, pairs) if x.startswith("WARNING")]
+    attn = [(k, True) for k in _attention_only(keys)]
+    assert not [x for x in blocks.block_notes(parse(",".join(["1"] * 17), "sd1"), attn) if x.startswith("WARNING")]
+    # presets set their zeroes on purpose: no warning
+    assert not [x for x in blocks.block_notes(parse("OUTALL", "sd1"), pairs) if x.startswith("WARNING")]
+    # a user preset that is a vector warns too, naming the preset
+    user = {"MINE": ",".join(["1"] * 17)}
+    assert "preset MINE" in blocks.block_notes(parse("MINE", "sd1", user_presets=user), pairs)[-1]
+
+
+def test_preset_files_in_inspire_form_are_read_by_content(tmp_path: Path, caplog):
+    path = tmp_path / "block_presets.json"  # the .json name does not force JSON
+    path.write_text(INSPIRE_FILE + INSPIRE_CUSTOM)
+    user = blocks.load_user_presets(path)
+    assert set(user) == {"SD-BODY", "SD-LYCOBODY0.5"}  # Inspire's own lines are the built-in presets
+    w = parse("SD-BODY", "sd1", user_presets=user)
+    assert w.vector["OUT03"] == 0 and w.vector["IN03"] == 0  # a user vector is read as typed
+    with pytest.raises(BlockWeightsError, match="inspire: SD-LYCOBODY0.5"):
+        parse("SD-LyCOBODY0.5", "sd1", user_presets=user)  # 25 values: no dialect; Inspire's reading fits
+    assert parse("inspire: SD-LyCOBODY0.5", "sd1", user_presets=user).reads_file
+    names = [p.name for p in blocks.list_presets("sd1", user)]
+    assert {"SD-INALL", "SD-LyC-OUTALL", "SD-BODY", "SD-LYCOBODY0.5"} <= set(names)
+    assert "SDXL-OUTALL" not in names and "SDXL-OUTALL" in [p.name for p in blocks.list_presets("sdxl", user)]
+    # Inspire's name with other values is a problem, not a silent shadow
+    path.write_text("SD-ALL:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\nGOOD:OUTALL, OUT05=0.5\n")
+    with pytest.raises(BlockWeightsError, match="Inspire Pack's preset SD-ALL"):
+        blocks.load_user_presets(path)
+    assert blocks.read_user_presets(path) == {"GOOD": "OUTALL, OUT05=0.5"}
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"A1": "IN04=1", ', "not valid JSON"),
+    ("[" * 100_000, "not valid JSON"),
+    ('{"ALL": "*=0.5", "GOOD": "IN04=0.5"}', "name of a built-in preset"),
+    ("GOOD: IN04=0.5\nthis line has no name\n", "no 'NAME:'"),
+    ('{"GOOD": "IN04=0.5", "LOOP": "loop"}', "fits no model family"),
+], ids=["truncated-json", "deep-json", "builtin-name", "line-without-name", "loop"])
+def test_a_broken_presets_file_is_one_warning_and_never_breaks_builtins(tmp_path: Path, caplog, content, needle):
+    path = tmp_path / "block_presets.json"
+    path.write_text(content)
+    with caplog.at_level("WARNING", logger="lora_lab.lora_ops.blocks"):
+        first = blocks.read_user_presets(path)
+        again = blocks.read_user_presets(path)
+    records = [r for r in caplog.records if "presets file" in r.getMessage()]
+    assert len(records) == 1 and needle in records[0].getMessage() and str(path) in records[0].getMessage()
+    assert first is again and any(needle in p for p in first.problems)
+    assert parse("OUTALL, OUT05=0.5", "sd1", user_presets=first).vector["OUT05"] == 0.5
+    if "GOOD" in first:
+        assert parse("GOOD", "sd1", user_presets=first).vector["IN04"] == 0.5
+    with pytest.raises(BlockWeightsError) as info:
+        parse("NOTTHERE", "sd1", user_presets=first)
+    assert "block_presets.json' has problems" in str(info.value)
+    with pytest.raises(BlockWeightsError, match=re.escape(needle)):
+        blocks.load_user_presets(path)
+
+
+# --- resource limits: any text parses (or is refused) quickly ---------------------------------------------
+
+def _timed(fn):
+    start = time.perf_counter()
+    try:
+        fn()
+        outcome = None
+    except BlockWeightsError as exc:
+        outcome = exc
+    return outcome, time.perf_counter() - start
+
+
+def test_nested_presets_cannot_grow_exponentially():
+    user = {f"P{i}": ", ".join([f"P{i + 1}"] * 40) for i in range(7)}
+    user["P7"] = "IN04=0.5"
+    err, seconds = _timed(lambda: parse("P0", "sd1", user_presets=user))
+    assert err is not None and f"more than {blocks.MAX_ENTRIES} entries" in err.problem
+    assert "P0 > P1 > P2" in err.problem and seconds < 2
+    user = {"P0": "P1, P1", "P1": "P2, P2", "P2": "IN04=0.5"}  # small nesting still works
+    assert parse("P0", "sd1", user_presets=user).vector["IN04"] == 0.5
+
+
+@pytest.mark.parametrize("text,fam,needle", [
+    (", ".join(["B00-B9999=1"] * 400), "new_dit", "at most 1000"),
+    (", ".join(["B00-B999=1"] * 30), "new_dit", "block names"),
+    ("IN04=0.5, " * 10_000, "sd1", "characters long"),
+    (", ".join(["IN04=0.5"] * (blocks.MAX_ENTRIES + 1)), "sd1", "entries"),
+    ("#" + "x" * 10_000_000, "sd1", "characters long"),
+    ("inspire: " + ",".join(["1"] * (blocks.MAX_ENTRIES + 1)), "sd1", "at most"),
+], ids=["open-range-x400", "names", "long-text", "entries", "10MB-comment", "inspire-values"])
+def test_work_is_bounded_with_a_clear_error(text, fam, needle):
+    err, seconds = _timed(lambda: parse(text, fam))
+    assert err is not None and needle in str(err) and err.fix, err
+    assert seconds < 1.0
+
+
+def test_worst_texts_within_the_limits_stay_fast(sd15_keys):
+    unet, te = sd15_keys
+    keys = unet + te
+    gen_keys = [f"diffusion_model.blocks.{i}.{p}.weight" for i in range(600) for p in ("attn.q", "ffn.0")]
+    n = blocks.MAX_ENTRIES - 10
+
+    def most(names_each):  # as many entries as both limits allow
+        return min(n, blocks.MAX_BLOCK_NAMES // names_each - 1)
+
+    for text, fam, targets in [(", ".join(["IN00-OUT11=0.5"] * most(25)), "sd1", keys),
+                               (", ".join(["IN*.attn=0", "OUT*.res=1"] * (most(12) // 2)), "sd1", keys),
+                               (", ".join(["*.mlp=0.5"] * most(26)), "sd1", keys),
+                               (", ".join(["IN05.attn=0"] * n), "sd1", keys),
+                               (", ".join(["IN*=R"] * most(12)), "sd1", keys),
+                               (", ".join(["B00-B599=1"] * most(600)), "new_dit", gen_keys),
+                               (", ".join(["B*=0.5"] * n), "new_dit", gen_keys),
+                               ("inspire: " + ",".join(["U"] * n), "sd1", keys)]:
+        def work(text=text, fam=fam, targets=targets):
+            w = parse(text, fam, seed=1)
+            w = w.for_targets(targets)
+            w.describe()
+            blocks.block_table(w, [(k, True) for k in targets])
+        err, seconds = _timed(work)
+        assert err is None and seconds < 3.0, (text[:40], err, seconds)

@@ -255,7 +255,7 @@ def test_dora_parts_materialise_against_base():
 
 def test_dora_without_base_is_refused():
     dora = LoraWeights(up=torch.randn(4, 1), down=torch.randn(1, 3), magnitude=torch.ones(4))
-    with pytest.raises(LoraLabError, match="DoRA.*base"):
+    with pytest.raises(LoraLabError, match="dora.*base"):
         combine.merge_sum([Part(dora, 1.0)])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -176,3 +177,29 @@ def test_pack_import_failure_in_log_is_an_error(tmp_path, pack_line, expected):
     )
     with pytest.raises(HostError, match=expected):
         server._check_pack_imported()
+
+
+def test_the_selected_host_is_the_one_imported_and_served(comfy_server):
+    """``LORA_LAB_HOST`` (or ``COMFYUI_PATH``) picks the host; this process and the server run that one, the
+    0.8.0 host with its own front end and templates from its site folder, never the 0.3.75 environment's."""
+    import importlib.metadata
+
+    import comfyui_version
+
+    from testkit.host import comfyui_version as version_of
+    from testkit.host import host_name, host_site_paths
+
+    expected = version_of(comfyui_path())
+    assert comfyui_version.__version__ == expected
+    stats = comfy_server._request("GET", "/system_stats")
+    assert stats["system"]["comfyui_version"] == expected
+    if os.environ.get("COMFYUI_PATH") is None:
+        assert expected == host_name()
+    if expected == "0.8.0" and os.environ.get("COMFYUI_PATH") is None:
+        import comfy_kitchen
+
+        (site,) = host_site_paths()
+        assert Path(comfy_kitchen.__file__).is_relative_to(site)
+        assert importlib.metadata.version("comfyui-frontend-package") == "1.35.9"
+        assert stats["system"]["installed_templates_version"] == stats["system"]["required_templates_version"]
+        assert "Installed frontend version" not in comfy_server.log_text()  # no "older than required" warning

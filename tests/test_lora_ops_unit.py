@@ -80,9 +80,10 @@ def test_parse_lycoris_kinds_and_leftovers():
         "w.oft_blocks": torch.randn(2, 2, 2, generator=g), "what.is.this": torch.zeros(1),
     }
     parsed = ops.parse_lora(sd)
-    assert {type(parsed.modules[k]).__name__ for k in parsed.modules} == {"LohaWeights", "LokrWeights", "FullDiff"}
+    assert {type(parsed.modules[k]).__name__ for k in parsed.modules} == {"LohaWeights", "LokrWeights", "FullDiff",
+                                                                          "OftWeights"}
     assert "z" in parsed.bias_diffs
-    assert parsed.unsupported == {"w.oft_blocks": "OFT"}
+    assert parsed.unsupported == {}
     assert parsed.unknown_keys == ["what.is.this"]
     assert parsed.format == "full-diff+lycoris"
 
@@ -90,8 +91,8 @@ def test_parse_lycoris_kinds_and_leftovers():
 def test_parse_refuses_a_file_without_lora_weights():
     with pytest.raises(ops.LoraFileError, match="no LoRA weights"):
         ops.parse_lora({"model.diffusion_model.x.weight": torch.zeros(2, 2)})
-    with pytest.raises(ops.LoraFileError, match="OFT"):
-        ops.parse_lora({"a.oft_blocks": torch.zeros(2, 2, 2)})
+    with pytest.raises(ops.LoraFileError, match="IA3"):
+        ops.parse_lora({"a.weight": torch.zeros(2, 2), "a.on_input": torch.zeros(1)})
 
 
 # --- deltas against LyCORIS' functional math --------------------------------------------------

@@ -317,16 +317,17 @@ def test_block_selection_trains_only_the_named_blocks(small, loras):
 def test_folder_with_buckets(small, loras, tmp_path):
     from PIL import Image
 
-    folder = tmp_path / "data"
-    folder.mkdir()
+    folder = tmp_path / "input" / "data"
+    folder.mkdir(parents=True)
     for i, (w, h) in enumerate([(96, 48), (48, 96), (64, 64)]):
         Image.new("RGB", (w, h), (40 * i, 200, 90)).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(f"zxq style, shape {i}")
-    with pytest.raises(LoraLabError, match="very different shapes"):
-        train(small, settings(output_name="nob", steps=1), image_folder=str(folder))
-    assert list(loras.iterdir()) == []
-    _, r = train(small, settings(output_name="bucketed", steps=3, buckets=True, batch_size=2),
-                 image_folder=str(folder))
+    with use_model_dirs(input_dir=tmp_path / "input"):
+        with pytest.raises(LoraLabError, match="very different shapes"):
+            train(small, settings(output_name="nob", steps=1), image_folder="data")
+        assert list(loras.iterdir()) == []
+        _, r = train(small, settings(output_name="bucketed", steps=3, buckets=True, batch_size=2),
+                     image_folder=str(folder))  # absolute inside the input folder
     meta = read_checkpoint(r.saved.path).metadata
     assert meta["ss_bucket_info"].count("x") == 3 and meta["ss_num_train_images"] == "3"
 

@@ -90,16 +90,21 @@ READABLE = {
             "BASE=0.5, CLIP=0.25", "*=A", "IN05-OUT06=0.4", "OUT*=0\nIN*=0.5  # comment, M00=9",
             "1,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1", ",".join(str(i / 10) for i in range(26)),
             ",".join(["1"] * 12 + ["0.1", "0.2", "0.3"] + ["1"] * 12),
-            "1,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1, IN03=1", "IN05.attn=0, OUT*=0.5", "CLIP*=0.5"],
+            "1,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1,1, IN03=1", "IN05.attn=0, OUT*=0.5", "CLIP*=0.5",
+            "SD-INALL", "sd-mout, OUT05=0.5", "SD-LyC-MIDALL", "SD-LyC-OUTALL, M00=0.5",
+            ",".join(["1"] * 12 + ["0.1", "0.2", "0.2"] + ["1"] * 12)],
     "sdxl": ["INALL", "MIDALL, OUT00-OUT03=0.25", "CLIP_G=0, IN*=0.5", "1,1,1,1,1,0,0,0,0,0,0,0",
-             ",".join(["0.5"] * 21), "OUT*=a"],
+             ",".join(["0.5"] * 21), "OUT*=a", "SDXL-OUTALL", "SDXL-LyC-INALL"],
     "flux": ["DOUBLE", "SINGLE, S05=0.5", "D00-D18=0.5, IN=0, OUT=0", "T5=0, CLIP_L=0.5",
              ",".join(["1"] + ["0.5"] * 19 + ["0"] * 38), ",".join(["0"] * 3 + ["1"] * 58),
-             "D03.img=0, D*=0.5"],
+             "D03.img=0, D*=0.5", "FLUX-DBL-TAIL", "FLUX-DBL-MID, S05=0.5"],
 }
 MALFORMED = {
     "sd1": ["IN12=1", "IN08-IN04=1", "IN04=1, 0.5", "IN04", "NOPE", "IN04==1", "IN04=", "1,2,3", "IN04=0,5",
-            "D03=1", "IN04=1,,M00=0", "T*=0.5"],
+            "D03=1", "IN04=1,,M00=0", "T*=0.5", "SD-BODY:1,1,1", "SDXL-ALL", "#" * 70_000,
+            ", ".join(["IN04=1"] * 2001), "inspire: 1,1 0.5", "inspire: %in=1", "inspire: NOSUCH",
+            "inspire: 1,0, OUTALL", "inspire: 1, IN99=1", "inspire:", "inspire: OUTALL", "inspire: a:b:1",
+            "inspire: SDXL-ALL"],
     "flux": ["IN04=1", "DOUBLE, S38=0"],
 }
 
@@ -131,7 +136,9 @@ def test_malformed_text_is_refused_by_both(payloads, family):
 
 def test_read_only_text_is_valid_and_says_why(payloads):
     texts = {"IN04=R": "random", "*=U": "random", "HALFA": "HALFA", "ATTNOFF": "ATTNOFF",
-             "IN05.attn=0, IN05=0.5": "overridden"}
+             "IN05.attn=0, IN05=0.5": "overridden", "SD-ROUT": "SD-ROUT",
+             "inspire: " + ",".join(["1"] * 17): "Inspire Pack", "# x\ninspire: SD-INALL, OUT05=0.5": "Inspire Pack",
+             "inspire: MYOUT: R,U,A,b": "Inspire Pack", "inspire: SD-LyC-ALL": "Inspire Pack"}
     answers = oracle(payloads["sd1"], [{"op": "read", "text": t} for t in texts])
     for (text, why), answer in zip(texts.items(), answers):
         assert answer["error"] is None and any(why in r for r in answer["readOnly"]), (text, answer)

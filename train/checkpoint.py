@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,13 @@ from ..lora_ops.adapters import LoraWeights
 from ..lora_ops.bake import kohya_metadata, lora_state_dict
 from ..lora_ops.errors import LoraFileError, LoraLabError, OverflowRiskError
 from ..lora_ops.formats import ParsedLora
-from ..lora_ops.safeio import read_lora_file, write_safetensors_atomic
+from ..lora_ops.safeio import read_lora_file, read_safetensors_header, write_safetensors_atomic
 from ..lora_ops.plan import file_sha256
 from .settings import TrainSettings
 
 STATE_SUFFIX = ".lora_lab_state"
+# A state file a LoRA's metadata may name: a plain file name beside the LoRA, never a path.
+_STATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,200}" + re.escape(STATE_SUFFIX))
 FORMAT_VERSION = "1"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -225,13 +228,20 @@ def read_checkpoint(path: str | os.PathLike) -> ResumeState:
         raise ResumeError(f"'{path.name}' is not a LoRA Lab training checkpoint (its metadata has no training state).",
                           "resume from a file LoraLabTrain saved (the final file, a save_every file or the one a "
                           "cancel left), or set resume_from to none.")
-    state_path = path.with_name(meta["lora_lab.train.state_file"])
+    state_name = meta["lora_lab.train.state_file"]
+    if not _STATE_NAME.fullmatch(state_name) or ".." in state_name:
+        raise ResumeError(f"'{path.name}' names its training state {state_name[:200]!r}, which is not a plain "
+                          f"'*{STATE_SUFFIX}' file name beside it.",
+                          "resume from a file LoraLabTrain saved (its state file lies beside it), or set "
+                          "resume_from to none.")
+    state_path = path.with_name(state_name)
     if not state_path.is_file():
         raise ResumeError(f"The training state '{state_path.name}' that '{path.name}' names is missing.",
                           f"put '{state_path.name}' back beside '{path.name}' (LoraLabTrain writes it there).")
     if file_sha256(state_path) != meta.get("lora_lab.train.state_sha256"):
         raise ResumeError(f"'{state_path.name}' is not the state '{path.name}' was saved with (SHA-256 differs).",
                           "resume from the LoRA file that was saved together with this state.")
+    read_safetensors_header(state_path)  # a damaged state file gets the reader's clear error
     try:
         with safe_open(str(state_path), framework="pt") as f:
             state_meta = f.metadata() or {}
@@ -239,8 +249,12 @@ def read_checkpoint(path: str | os.PathLike) -> ResumeState:
     except Exception as exc:  # safetensors raises several types for damaged files
         raise LoraFileError(f"'{state_path.name}' could not be read ({exc}).",
                             "resume from another checkpoint.") from None
-    step = int(meta["lora_lab.train.step"])
-    if int(state_meta.get("lora_lab.train.step", -1)) != step:
+    step_text = meta.get("lora_lab.train.step", "")
+    if not re.fullmatch(r"[0-9]{1,9}", step_text):
+        raise ResumeError(f"'{path.name}' gives its training step as {step_text[:40]!r}, not a whole number.",
+                          "resume from a file LoraLabTrain saved, or set resume_from to none.")
+    step = int(step_text)
+    if state_meta.get("lora_lab.train.step") != step_text:
         raise ResumeError(f"'{path.name}' says step {step}, its state says {state_meta.get('lora_lab.train.step')}.",
                           "resume from a LoRA file and state saved together.")
     return ResumeState(

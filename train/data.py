@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ import torch.nn.functional as F
 from ..lora_ops.errors import LoraLabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest training image read (64 Mpx: 768 MB as float32 RGB); PIL's own bomb check starts at 89 Mpx."""
+MAX_FOLDER_IMAGES = 10_000
+DOWNSCALE = "downscale it (training resizes every image to about resolution x resolution anyway) and train again."
+MAX_CAPTION_BYTES = 64 * 1024
 MAX_ASPECT_SPREAD = 1.25
 MAX_BUCKET_ASPECT = 2.0
 
@@ -84,33 +92,77 @@ def images_from_batch(images: torch.Tensor | None, captions: str) -> list[TrainI
     return [TrainImage(pixels[i].clone(), lines[i], f"image {i + 1}") for i in range(count)]
 
 
-def images_from_folder(folder: str | Path) -> list[TrainImage]:
-    """Every image in ``folder`` (sorted by name) with the caption from ``<stem>.txt`` beside it."""
+def _inside(path: Path, roots) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """One training image file as ``(H, W, 3)`` float32 in 0..1 (EXIF orientation applied).
+
+    Only PNG, JPEG, WebP and BMP are decoded (PIL would otherwise pick a decoder by content, EPS among
+    them); the size is checked against :data:`MAX_IMAGE_PIXELS` from the file's header, before decoding.
+    """
     from PIL import Image, ImageOps  # noqa: PLC0415
 
+    fix = "remove or replace the file."
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_IMAGE_SIDE:
+                raise TrainDataError(too_large(path.name, width, height), DOWNSCALE)
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except Image.DecompressionBombError:
+        raise TrainDataError(too_large(path.name), DOWNSCALE) from None
+    except TrainDataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders of damaged files raise many types (OSError, SyntaxError...)
+        raise TrainDataError(f"'{path.name}' could not be read as a PNG, JPEG, WebP or BMP image "
+                             f"({type(exc).__name__}: {str(exc)[:200]}).", fix) from None
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+
+
+def too_large(name: str, width: int | None = None, height: int | None = None) -> str:
+    size = f" ({width}x{height})" if width is not None else ""
+    return (f"'{name}' is too large{size}: training images may have at most {MAX_IMAGE_PIXELS:,} pixels and "
+            f"{MAX_IMAGE_SIDE} pixels a side.")
+
+
+def images_from_folder(folder: str | Path, *, allowed_roots=None) -> list[TrainImage]:
+    """Every image in ``folder`` (sorted by name) with the caption from ``<stem>.txt`` beside it.
+
+    With ``allowed_roots`` (real paths), images and captions whose real location (links followed) is
+    outside all of them are refused.
+    """
     path = Path(folder)
     if not path.is_dir():
         raise TrainDataError(f"Image folder '{folder}' does not exist.",
-                             "give an absolute path, or a folder inside ComfyUI's input folder.")
+                             "give the name of a folder inside ComfyUI's input folder.")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise TrainDataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'.",
                              "put the training images in that folder, each with a .txt caption.")
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise TrainDataError(f"'{folder}' holds {len(files)} images; LoraLabTrain reads at most {MAX_FOLDER_IMAGES}.",
+                             "train on a selection of them (a LoRA rarely needs more than a few hundred).")
     missing = [p.name for p in files if not p.with_suffix(".txt").is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise TrainDataError(f"{len(missing)} image(s) in '{folder}' have no caption file: {shown}.",
                              "add a .txt file with the same name beside each image (it may be empty).")
+    if allowed_roots is not None:
+        outside = [p.name for p in files for q in (p, p.with_suffix(".txt")) if not _inside(q, allowed_roots)]
+        if outside:
+            raise TrainDataError(f"'{outside[0]}' in '{folder}' links to a file outside the allowed folders.",
+                                 "copy the file into the folder instead of linking to it.")
     out = []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                rgb = ImageOps.exif_transpose(im).convert("RGB")
-        except OSError as exc:
-            raise TrainDataError(f"'{p.name}' could not be read as an image ({exc}).",
-                                 "remove or replace the file.") from None
-        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-        caption = p.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip().replace("\n", " ")
+        caption_path = p.with_suffix(".txt")
+        if caption_path.stat().st_size > MAX_CAPTION_BYTES:
+            raise TrainDataError(f"The caption file '{caption_path.name}' is larger than {MAX_CAPTION_BYTES} bytes.",
+                                 "write a caption of a few lines at most.")
+        pixels = read_image(p)
+        caption = caption_path.read_text(encoding="utf-8", errors="replace").strip().replace("\n", " ")
         out.append(TrainImage(pixels, caption, p.name))
     return out
 

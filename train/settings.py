@@ -10,6 +10,7 @@ saves, precision, name) come from the node.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..lora_ops.errors import LoraLabError
@@ -79,9 +80,29 @@ class TrainSettings:
 
     @classmethod
     def from_json(cls, text: str) -> TrainSettings:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Settings saved by :meth:`to_json`; unknown keys are ignored, a value of the wrong type is a
+        :class:`TrainSettingsError` (the text comes from a file's metadata)."""
+        try:
+            data = json.loads(text, parse_constant=lambda name: float(name))
+        except (ValueError, RecursionError) as exc:
+            raise TrainSettingsError(f"The saved training settings are not valid JSON ({str(exc)[:100]}).",
+                                     "resume from a file LoraLabTrain saved, or set resume_from to none.") from None
+        if not isinstance(data, dict):
+            raise TrainSettingsError("The saved training settings are not a JSON object.",
+                                     "resume from a file LoraLabTrain saved, or set resume_from to none.")
+        values = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value, kind = data[f.name], type(f.default)
+            if kind is float and type(value) is int:
+                value = float(value)
+            if type(value) is not kind:
+                raise TrainSettingsError(f"The saved training setting {f.name} is {json.dumps(value)[:40]}, not a "
+                                         f"{kind.__name__}.", "resume from a file LoraLabTrain saved, or set "
+                                         "resume_from to none.")
+            values[f.name] = value
+        return cls(**values)
 
     def resumed(self, saved: TrainSettings) -> TrainSettings:
         """These settings with the run's identity taken from ``saved`` (a checkpoint's settings)."""
@@ -94,6 +115,10 @@ class TrainSettings:
         def bad(problem: str, fix: str) -> None:
             raise TrainSettingsError(problem, fix)
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f"{f.name} is {value}, not a finite number.", f"set {f.name} to a number (see its tooltip).")
         choices = (("algorithm", ALGORITHMS), ("targets", TARGETS), ("lr_schedule", SCHEDULES),
                    ("optimizer", OPTIMIZERS), ("training_dtype", TRAINING_DTYPES),
                    ("save_precision", SAVE_PRECISIONS))

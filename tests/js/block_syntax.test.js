@@ -7,6 +7,9 @@ import { test } from "node:test";
 
 import {
   BlockSyntaxError,
+  inspireBody,
+  MAX_ENTRIES,
+  MAX_TEXT_CHARS,
   makeSpec,
   normalizeName,
   numericValue,
@@ -120,8 +123,9 @@ test("readText: vectors of the family's dialects; blocks without a position are 
   assert.equal(full.values.IN00, 0.01);
   assert.equal(full.values.OUT11, 0.25);
   const mid3 = readText(["1", ...Array(11).fill("1"), "0.1", "0.2", "0.3", ...Array(12).fill("1")].join(","), sd1);
-  // the middle position sets M00 and its transformer part (M00.1), as in lora_ops/blocks.py
-  assert.deepEqual(mid3.extras.map((e) => e.text), ["M00.0=0.1", "M00.1=0.2", "M00.2=0.3"]);
+  // the middle position sets M00 and its transformer part (M00.1, at M00's own value: no extra entry), as in
+  // lora_ops/blocks.py
+  assert.deepEqual(mid3.extras.map((e) => e.text), ["M00.0=0.1", "M00.2=0.3"]);
   assert.equal(mid3.values.M00, 0.2);
   assert.equal(mid3.values.IN00, 0);
 });
@@ -157,6 +161,47 @@ test("readText: malformed text gives an error instead of values", () => {
     const r = readText(text, sd1);
     assert.match(r.error ?? "", pattern, text);
   }
+});
+
+test("readText: Inspire Pack's preset names read by the model's blocks, like LoRA Lab's own", () => {
+  assert.deepEqual(readText("SD-INALL", sd1).values, readText("INALL", sd1).values);
+  assert.deepEqual(readText("sdxl-outall", sdxl).values, readText("OUTALL", sdxl).values);
+  const lyc = readText("SD-LyC-MIDALL", sd1);
+  assert.equal(lyc.error, null);
+  assert.deepEqual(lyc.readOnly, []);
+  assert.equal(lyc.values.M00, 1);
+  assert.equal(lyc.values.IN00, 0);
+  assert.match(readText("SD-ROUT", sd1).readOnly[0], /SD-ROUT/);
+  assert.match(readText("SD-INALL", sdxl).error, /neither a preset/);
+});
+
+test("readText: 'inspire:' text is checked as the node checks it, and read-only", () => {
+  for (const text of ["inspire: 1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1", "# note\n INSPIRE: SD-INALL, OUT05=0.5",
+    "inspire: MYNAME:1,0,1", "inspire: R,U,A,b", "inspire: SD-LyC-ALL"]) {
+    const r = readText(text, sd1);
+    assert.equal(r.error, null, text);
+    assert.match(r.readOnly[0], /Inspire Pack/, text);
+  }
+  for (const [text, pattern] of [
+    ["inspire: 1,1 0.5,0", /space-separated/],
+    ["inspire: %default=0, in=1", /'%'/],
+    ["inspire: NOSUCH", /neither a value nor a preset/],
+    ["inspire: 1,0, OUTALL", /only BLOCK=weight entries/],
+    ["inspire: 1,0, IN99=1", /Unknown block/],
+    ["inspire:", /no vector/],
+    ["inspire: OUTALL", /not a vector/],
+    ["inspire: a:b:1", /':' too many/],
+  ]) {
+    assert.match(readText(text, sd1).error ?? "", pattern, text);
+  }
+  assert.equal(inspireBody("IN04=1, inspire: 1"), null);
+  assert.equal(inspireBody("\n# x\ninspire:1,2").trim(), "1,2");
+});
+
+test("readText: a preset-file line and text beyond the limits are refused", () => {
+  assert.match(readText("SD-BODY:1,1,1", sd1).error, /line of a preset file/);
+  assert.match(readText("#".repeat(MAX_TEXT_CHARS + 1), sd1).error, /characters long/);
+  assert.match(readText(Array(MAX_ENTRIES + 1).fill("IN04=1").join(","), sd1).error, /more than/);
 });
 
 test("readText: the general rule has no sliders", () => {

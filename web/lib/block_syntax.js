@@ -10,6 +10,9 @@
 //
 // The family's blocks, encoders, presets (resolved per block) and vector orders come from the pack's
 // route GET /lora_lab/blocks (nodes/routes.py), turned into a spec by `makeSpec`.
+//
+// A text that starts with `inspire:` is read as Inspire Pack reads a vector: by the blocks each LoRA file
+// patches, which only the node knows. `readText` checks it as the node does and shows it read-only.
 
 const NUMBER_RX = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
 const TOKEN_RX = /^([+-]?)([RrUuAaBb])$/;
@@ -17,6 +20,11 @@ const NAME_RX = /^([A-Z]+)(\d{1,6})$/;
 const SPECIAL_NAMES = new Set(["BASE", "CLIP", "CLIP_L", "CLIP_G", "CLIP_H", "T5", "IN", "OUT"]);
 const SELECTOR_ATOMS = new Set(["attn", "attn1", "attn2", "mlp", "res", "mod", "img", "txt"]);
 const MAX_PRESET_DEPTH = 8;
+// as lora_ops/blocks.py: MAX_TEXT_CHARS, MAX_ENTRIES
+export const MAX_TEXT_CHARS = 65536;
+export const MAX_ENTRIES = 2000;
+const INSPIRE_HEAD_RX = /^\s*inspire\s*:/i;
+const PRESET_NAME_RX = /^[A-Za-z][A-Za-z0-9_.+-]{0,63}$/;
 
 export class BlockSyntaxError extends Error {
   constructor(message) {
@@ -214,6 +222,9 @@ class Evaluator {
 
   preset(raw, depth) {
     const name = raw.trim().toUpperCase();
+    if (raw.includes(":")) {
+      throw new BlockSyntaxError(`'${raw.trim()}' looks like a line of a preset file (NAME:vector); put it in the user presets file, or start the text with 'inspire:'.`);
+    }
     const preset = this.spec.presets.get(name);
     if (!preset) {
       if (normalizeName(raw) && (this.spec.order.includes(normalizeName(raw)) || SPECIAL_NAMES.has(normalizeName(raw)))) {
@@ -222,6 +233,7 @@ class Evaluator {
       throw new BlockSyntaxError(`'${raw.trim()}' is neither a preset for ${this.spec.label} nor a BLOCK=weight entry.`);
     }
     if (depth >= MAX_PRESET_DEPTH) throw new BlockSyntaxError(`The preset ${name} refers to itself.`);
+    if (preset.error) throw new BlockSyntaxError(preset.error);
     if (!preset.exact) {
       this.inexactPresets.push(name);
       return;
@@ -238,16 +250,25 @@ class Evaluator {
     }
     const parsed = values.map((v, i) => this.value(v, `position ${i + 1} of the ${n}-value vector`));
     const covered = new Set();
+    const whole = new Map();
     const parts = [];
     positions.forEach((entries, i) => {
       for (const entry of entries) {
         const [block, sel] = entry.split(".");
         covered.add(block);
-        if (sel) parts.push({ extra: `${block}.${sel}=${formatValue(parsed[i])}`, blocks: [block] });
-        else this.rules.push({ blocks: [block], value: parsed[i] });
+        if (sel) parts.push({ extra: `${block}.${sel}=${formatValue(parsed[i])}`, blocks: [block], value: parsed[i] });
+        else {
+          whole.set(block, parsed[i]);
+          this.rules.push({ blocks: [block], value: parsed[i] });
+        }
       }
     });
-    this.rules.push(...parts);
+    // a part at its block's own value says nothing more (as lora_ops/blocks.py)
+    for (const part of parts) {
+      if (!whole.has(part.blocks[0]) || !sameValue(whole.get(part.blocks[0]), part.value)) {
+        this.rules.push({ extra: part.extra, blocks: part.blocks });
+      }
+    }
     const missing = this.everything().filter((b) => !covered.has(b));
     if (missing.length) this.rules.push({ blocks: missing, value: 0 });
     this.notes.push(`${n}-value vector` + (missing.length ? `; blocks without a position set to 0` : ""));
@@ -255,6 +276,8 @@ class Evaluator {
 
   text(text, nested, depth) {
     const items = splitItems(text);
+    this.spent = (this.spent ?? 0) + items.length;
+    if (this.spent > MAX_ENTRIES) throw new BlockSyntaxError(`The block weights expand to more than ${MAX_ENTRIES} entries.`);
     const values = [];
     let started = false;
     for (const item of items) {
@@ -283,13 +306,31 @@ class Evaluator {
  */
 export function readText(text, spec) {
   const result = { error: null, readOnly: [], values: {}, encoders: {}, extras: [], notes: [] };
+  const source = String(text ?? "");
+  if (source.length > MAX_TEXT_CHARS) {
+    result.error = `The block_weights text is ${source.length} characters long; LoRA Lab reads at most ${MAX_TEXT_CHARS}.`;
+    return result;
+  }
   if (!spec.closed) {
     result.readOnly.push(`${spec.label} has no fixed block list; edit the text`);
     return result;
   }
   const ev = new Evaluator(spec);
+  const body = inspireBody(source);
+  if (body !== null) {
+    try {
+      checkInspire(body, spec, ev);
+    } catch (err) {
+      if (!(err instanceof BlockSyntaxError)) throw err;
+      result.error = err.message;
+      return result;
+    }
+    result.readOnly.push("read by the blocks each LoRA file patches, as Inspire Pack reads a vector ('inspire:'); "
+      + "the node's report shows each block's weight");
+    return result;
+  }
   try {
-    ev.text(String(text ?? ""), false, 0);
+    ev.text(source, false, 0);
   } catch (err) {
     if (!(err instanceof BlockSyntaxError)) throw err;
     result.error = err.message;
@@ -323,6 +364,65 @@ export function readText(text, spec) {
   }
   result.notes = ev.notes;
   return result;
+}
+
+/** The text after a leading `inspire:` (blank and `#` lines may come before it), else null. */
+export function inspireBody(text) {
+  const lines = String(text).split(/\r\n|\r|\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const content = lines[i].split("#", 1)[0];
+    if (!content.trim()) continue;
+    const m = INSPIRE_HEAD_RX.exec(content);
+    if (!m) return null;
+    return [lines[i].slice(m[0].length), ...lines.slice(i + 1)].join("\n");
+  }
+  return null;
+}
+
+/** Check an `inspire:` text as lora_ops/blocks.py does: a vector or a vector preset, then BLOCK=weight entries. */
+function checkInspire(body, spec, ev) {
+  if (body.trimStart().startsWith("%")) throw new BlockSyntaxError("Inspire Pack's '%' block-spec form is not read by LoRA Lab.");
+  let items = splitItems(body);
+  if (items.length && items[0].includes(":")) {
+    const cut = items[0].indexOf(":");
+    if (!PRESET_NAME_RX.test(items[0].slice(0, cut).trim())) {
+      throw new BlockSyntaxError(`'${items[0]}' after 'inspire:' is neither a value nor NAME:value.`);
+    }
+    const first = items[0].slice(cut + 1).trim();
+    items = [...(first ? [first] : []), ...items.slice(1)];
+  }
+  for (const item of items) {
+    if (item.includes(":")) throw new BlockSyntaxError(`'${item}' in the inspire: text holds a ':' too many.`);
+  }
+  if (!items.length) throw new BlockSyntaxError("'inspire:' is followed by no vector.");
+  const tokens = [];
+  for (const item of items) {
+    if (isValue(item)) {
+      tokens.push(item);
+      continue;
+    }
+    const parts = item.split(/\s+/).filter(Boolean);
+    if (parts.length > 1 && parts.every(isValue)) {
+      throw new BlockSyntaxError(`'${item}' gives one vector position several space-separated values.`);
+    }
+    break;
+  }
+  let rest = items.slice(tokens.length);
+  if (!tokens.length) {
+    const preset = spec.presets.get(items[0].toUpperCase());
+    if (!preset) throw new BlockSyntaxError(`'${items[0]}' after 'inspire:' is neither a value nor a preset that is a vector.`);
+    const inner = inspireBody(preset.syntax ?? "");
+    const values = splitItems(inner === null ? preset.syntax ?? "" : inner);
+    if (!values.length || !values.every(isValue)) throw new BlockSyntaxError(`The preset ${items[0]} is not a vector.`);
+    tokens.push(...values);
+    rest = items.slice(1);
+  }
+  for (const item of rest) {
+    if (!item.includes("=")) throw new BlockSyntaxError(`'${item}' follows the inspire: vector, where only BLOCK=weight entries go.`);
+  }
+  if (tokens.length > MAX_ENTRIES) throw new BlockSyntaxError(`The inspire: vector has ${tokens.length} values; LoRA Lab reads at most ${MAX_ENTRIES}.`);
+  tokens.forEach((t, i) => parseValue(t, `position ${i + 1} of the inspire: vector`));
+  for (const item of rest) ev.entry(item, false);
 }
 
 function prefixOf(name) {
