@@ -55,14 +55,24 @@ def _parameter(root: torch.nn.Module, key: str) -> torch.nn.Parameter:
     return param if param is not None else root.get_parameter(key)
 
 
+def _is_subclass(t: torch.Tensor) -> bool:
+    """A tensor subclass such as ComfyUI 0.8.0's ``QuantizedTensor`` (its ``.data`` cannot be swapped)."""
+    return type(t) not in (torch.Tensor, torch.nn.Parameter)
+
+
 class _LiveWeights(MutableMapping):
-    """The module's parameters by state-dict key: their tensors, and ``param.data = t`` to swap one."""
+    """The module's parameters by state-dict key: their tensors, and ``param.data = t`` to swap one.
+
+    A quantized weight (a tensor subclass) is handed out and swapped as the parameter object itself, as the
+    host's own ``set_weight`` replaces it; restoring puts the original object back.
+    """
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return _parameter(self.module, key).data
+        param = _parameter(self.module, key)
+        return param if _is_subclass(param) else param.data
 
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         """Swap ``value`` in as the parameter's data (same dtype and device; the shape may change only
@@ -70,6 +80,13 @@ class _LiveWeights(MutableMapping):
         param = _parameter(self.module, key)
         if value.dtype != param.dtype or value.device != param.device:
             raise TypeError(f"{key}: a replacement must match the weight's dtype and device")
+        if _is_subclass(param) or _is_subclass(value):
+            owner_path, _, name = key.rpartition(".")
+            owner = self.module.get_submodule(owner_path)
+            if not isinstance(value, torch.nn.Parameter):
+                value = torch.nn.Parameter(value, requires_grad=False)
+            setattr(owner, name, value)
+            return
         param.data = value
 
     def __delitem__(self, key):
@@ -127,8 +144,10 @@ def _codec(weight, set_func, convert_func, stochastic_rounding, string_to_seed) 
             return set_func(values, inplace_update=False, seed=seed, return_weight=True)
         return stochastic_rounding(values, dtype, seed=seed)
 
-    scaled = " with a per-layer scale" if convert_func is not None and type(weight) is torch.nn.Parameter else ""
-    return WeightCodec(decode, encode, f"{str(dtype).replace('torch.', '')}{scaled} ({type(weight).__name__})")
+    stored = getattr(weight, "_qdata", weight).dtype  # a QuantizedTensor reports its compute dtype as dtype
+    kind = (f"quantized {str(stored).replace('torch.', '')}" if hasattr(weight, "_qdata") else
+            f"{str(stored).replace('torch.', '')}" + (" with a per-layer scale" if convert_func is not None else ""))
+    return WeightCodec(decode, encode, kind)
 
 
 class LoraLabApplication:

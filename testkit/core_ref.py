@@ -110,8 +110,34 @@ def _padded(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out
 
 
-def _raw_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _raw_params(model: torch.nn.Module) -> dict[str, Any]:
+    """The stored bits of every parameter: a plain copy, or for a quantized weight (ComfyUI 0.8.0's
+    ``QuantizedTensor``) its stored data and scale."""
+    return {k: snapshot(v) for k, v in model.named_parameters()}
+
+
+def snapshot(t: torch.Tensor) -> Any:
+    """What a parameter stores, for bit-for-bit comparison (see :func:`same_bits`)."""
+    qdata = getattr(t, "_qdata", None)
+    if qdata is not None:
+        scale = getattr(getattr(t, "_params", None), "scale", None)
+        return ("quantized", _bits(qdata), None if scale is None else _bits(scale))
+    return _bits(t)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t``; one-byte floats (fp8) as their bytes, which ``torch.equal`` can compare on the CPU."""
+    t = t.detach().clone()
+    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
+
+
+def same_bits(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        if not (isinstance(a, tuple) and isinstance(b, tuple)):
+            return False
+        return all((x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
+                                                 and torch.equal(x, y)) for x, y in zip(a[1:], b[1:]))
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 def core_patched_weights(
@@ -152,19 +178,13 @@ def _core_patched(
     try:
         clone.patch_model(device_to=None)
         after_raw = _raw_params(model)
-        changed = [
-            k
-            for k in after_raw
-            if after_raw[k].shape != before_raw[k].shape or not torch.equal(after_raw[k], before_raw[k])
-        ]
+        changed = [k for k in after_raw if not same_bits(after_raw[k], before_raw[k])]
         weights = {k: decoded_weight(model, k) for k in changed}
-        deltas = {
-            k: weights[k] - _padded(before[k] if k in before else before_raw[k].float(), weights[k].shape)
-            for k in changed
-        }
+        deltas = {k: weights[k] - _padded(before[k] if k in before else decoded_weight(model, k), weights[k].shape)
+                  for k in changed}
     finally:
         clone.unpatch_model(device_to=None)
     restored = _raw_params(model)
-    bad = [k for k in before_raw if not torch.equal(restored[k], before_raw[k])]
+    bad = [k for k in before_raw if not same_bits(restored[k], before_raw[k])]
     assert not bad, f"core's unpatch did not restore {len(bad)} weights bit for bit, e.g. {bad[:3]}"
     return CoreResult(weights, deltas, patch_keys, not_loaded, not_patched)

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 FAMILIES_VERSION = "1"
 """Cache key of the family state dicts; bump it when a config, a seed or the weight law changes."""
 
-WEIGHT_FORMATS = (None, "fp8_e4m3fn", "fp8_scaled")
+WEIGHT_FORMATS = (None, "fp8_e4m3fn", "fp8_scaled", "fp8_quantized")
 
 FP8_UNSUPPORTED: dict[tuple[str, str], str] = {
     ("sd_x4_upscaler", "fp8_e4m3fn"): "does not build: a torch module created in the weight dtype is "
@@ -592,6 +592,15 @@ _HOST_FIELD_DEFAULTS: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 
 
+def has_quantized_layers() -> bool:
+    """Whether this host loads ``comfy_quant`` layers as ``QuantizedTensor`` weights (ComfyUI 0.8.0 does:
+    ``comfy.utils.detect_layer_quantization`` + ``comfy.ops.mixed_precision_ops``)."""
+    comfy = import_comfy()
+    import comfy.utils  # noqa: PLC0415
+
+    return hasattr(comfy.utils, "detect_layer_quantization")
+
+
 def has_scaled_fp8_ops() -> bool:
     """Whether this host builds scaled-fp8 models with ``comfy.ops.scaled_fp8_ops`` (0.3.75 does)."""
     comfy = import_comfy()
@@ -725,6 +734,13 @@ def _configure_dtype(model_config: Any, dtype: torch.dtype, weight_format: str |
         # the loader sees the "scaled_fp8" marker key: Linear weights fp8 + scale_weight, the rest in dtype
         model_config.scaled_fp8 = torch.float8_e4m3fn
         model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, CPU, supported))
+    elif weight_format == "fp8_quantized":
+        if not has_quantized_layers():
+            raise NotImplementedError(f"ComfyUI {host_version()} has no quantized layers (comfy_quant): the "
+                                      "fp8_quantized variant needs ComfyUI 0.8.0 or newer")
+        # what model detection sets for a checkpoint with comfy_quant layers; the loader's dtype choice
+        model_config.quant_config = {"mixed_ops": True}
+        model_config.set_inference_dtype(dtype, mm.unet_manual_cast(None, CPU, supported))
     else:
         raise ValueError(f"unknown weight_format {weight_format!r}; expected one of {WEIGHT_FORMATS}")
 
@@ -733,6 +749,8 @@ def _state_for(name: str, base: Any, sd: dict[str, torch.Tensor],
                weight_format: str | None) -> dict[str, torch.Tensor]:
     """``sd`` converted to the dtypes of ``base``'s parameters (fp8 scaled: ``fp8(W / s)`` and
     ``scale_weight = s``)."""
+    if weight_format == "fp8_quantized":
+        return _quantized_state(name, base, sd)
     target = base.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
@@ -747,6 +765,31 @@ def _state_for(name: str, base: Any, sd: dict[str, torch.Tensor],
                 scale = fp8_scale(name, wkey)
                 out[key] = torch.tensor(scale, dtype=torch.float32)
                 out[wkey] = (sd[wkey] / scale).to(target[wkey].dtype)
+    return out
+
+
+def _quantized_state(name: str, base: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` as a checkpoint with quantized layers (0.8.0's ``comfy_quant``): every Linear of the mixed
+    precision ops stored ``fp8(W / s)`` with ``weight_scale = s`` and its ``comfy_quant`` entry; the rest
+    in the dtype of the model's parameter (a quantized Linear has no weight until it is loaded)."""
+    import json  # noqa: PLC0415
+
+    params = {**dict(base.named_parameters()), **dict(base.named_buffers())}
+    quant = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode("utf-8")), dtype=torch.uint8)
+    linears = {f"{key}.weight" for key, module in base.named_modules()
+               if type(module).__name__ == "Linear" and hasattr(module, "convert_weight")}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in linears:
+            scale = fp8_scale(name, key)
+            prefix = key[: -len("weight")]
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[prefix + "weight_scale"] = torch.tensor(scale, dtype=torch.float32)
+            out[prefix + "comfy_quant"] = quant.clone()
+        elif key in params:
+            out[key] = value.to(params[key].dtype)
+        else:
+            raise KeyError(f"{name}: cached weight {key} has no parameter in the model; bump FAMILIES_VERSION")
     return out
 
 

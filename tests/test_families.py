@@ -21,7 +21,6 @@ import functools
 import shutil
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import pytest
 import torch
 
@@ -57,8 +56,8 @@ def _model(name: str, weight_format: str | None = None):
     return families.small_family_model(name, weight_format=weight_format)
 
 
-def _raw(patcher) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
+def _raw(patcher) -> dict:
+    return {k: core_ref.snapshot(v) for k, v in patcher.model.named_parameters()}
 
 
 def lora_lab_weights(patcher, fx, tmp_path, strength: float):
@@ -73,12 +72,12 @@ def lora_lab_weights(patcher, fx, tmp_path, strength: float):
         mm.load_models_gpu([clone])
         try:
             after = _raw(patcher)
-            changed = [k for k in after if after[k].shape != before[k].shape or not torch.equal(after[k], before[k])]
+            changed = [k for k in after if not core_ref.same_bits(after[k], before[k])]
             weights = {k: core_ref.decoded_weight(patcher.model, k) for k in changed}
         finally:
             mm.unload_all_models()
     restored = _raw(patcher)
-    assert all(torch.equal(restored[k], before[k]) for k in before), "weights not restored bit for bit"
+    assert all(core_ref.same_bits(restored[k], before[k]) for k in before), "weights not restored bit for bit"
     return weights, report
 
 
@@ -100,7 +99,7 @@ def test_loader_matches_core_and_the_tool_on_every_family(name, naming, algo, tm
     strength = _strength(naming, algo)
     core = core_ref.core_patched_weights(patcher, fx.path, strength)
     expect = fx.meta["core_expectation"]
-    base = {k: core_ref.decoded_weight(patcher.model, k) for k in patcher.model.state_dict()}
+    base = {k: core_ref.decoded_weight(patcher.model, k) for k, _ in patcher.model.named_parameters()}
     reference = fx.comfy_deltas()
 
     if expect == "none":
@@ -152,11 +151,16 @@ def _fp8_step(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.pow(2.0, exp - (3 if dtype == torch.float8_e4m3fn else 2))
 
 
-@pytest.mark.parametrize("weight_format", ["fp8_e4m3fn", "fp8_scaled"])
+@pytest.mark.parametrize("weight_format", ["fp8_e4m3fn", "fp8_scaled", "fp8_quantized"])
 @pytest.mark.parametrize("name", FP8)
 def test_fp8_models_merge_like_core(name, weight_format, tmp_path):
-    """fp8 weights (and ComfyUI's scaled fp8, a per-layer scale) are decoded with the layer's scale,
-    merged in fp32 and stored back through the host's own rounding, like core; restored bit for bit."""
+    """fp8 weights, ComfyUI 0.3.75's scaled fp8 (a per-layer ``scale_weight``) and 0.8.0's quantized layers
+    (``QuantizedTensor`` with a scale) are decoded with the layer's scale, merged in fp32 and stored back
+    through the host's own encoder, like core; restored bit for bit."""
+    if weight_format == "fp8_scaled" and not families.has_scaled_fp8_ops():
+        pytest.skip("this ComfyUI loads scaled fp8 as quantized layers (the fp8_quantized case)")
+    if weight_format == "fp8_quantized" and not families.has_quantized_layers():
+        pytest.skip("this ComfyUI has no quantized layers (comfy_quant); 0.8.0 has")
     fx = family_loras.load_family_lora(name, "kohya")
     patcher = _model(name, weight_format)
     core = core_ref.core_patched_weights(patcher, fx.path, 0.8)
@@ -166,11 +170,14 @@ def test_fp8_models_merge_like_core(name, weight_format, tmp_path):
     mismatched = total = 0
     for key in core.changed_keys:
         a, b = ours[key], core.weights[key]
-        weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, key)
-        scale = float(patcher.model.get_submodule(key.rsplit(".", 1)[0]).scale_weight) \
-            if convert is not None else 1.0
+        if weight_format == "fp8_e4m3fn":
+            scale = 1.0
+        elif weight_format == "fp8_scaled":
+            scale = float(patcher.model.get_submodule(key.rsplit(".", 1)[0]).scale_weight)
+        else:  # quantized layers recompute their scale from the merged values (amax / 448)
+            scale = max(float(b.abs().max()), float(a.abs().max())) / 448.0
         off = (a - b).abs()
-        step = _fp8_step(b / scale, weight.dtype) * scale
+        step = _fp8_step(b / scale, torch.float8_e4m3fn) * scale
         assert bool((off <= step * 1.0001 + 1e-12).all()), f"{key}: more than one fp8 step from core"
         mismatched += int((off > 0).sum())
         total += off.numel()

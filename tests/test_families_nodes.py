@@ -45,8 +45,8 @@ def _model(name: str):
     return families.small_family_model(name)
 
 
-def _raw(patcher) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
+def _raw(patcher) -> dict:
+    return {k: core_ref.snapshot(v) for k, v in patcher.model.named_parameters()}
 
 
 def _loaded_weights(patcher, clone) -> dict[str, torch.Tensor]:
@@ -56,12 +56,12 @@ def _loaded_weights(patcher, clone) -> dict[str, torch.Tensor]:
         mm.load_models_gpu([clone])
         try:
             after = _raw(patcher)
-            changed = [k for k in after if after[k].shape != before[k].shape or not torch.equal(after[k], before[k])]
+            changed = [k for k in after if not core_ref.same_bits(after[k], before[k])]
             out = {k: core_ref.decoded_weight(patcher.model, k) for k in changed}
         finally:
             mm.unload_all_models()
     restored = _raw(patcher)
-    assert all(torch.equal(restored[k], before[k]) for k in before), "weights not restored bit for bit"
+    assert all(core_ref.same_bits(restored[k], before[k]) for k in before), "weights not restored bit for bit"
     return out
 
 
