@@ -298,6 +298,16 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return int(reached[0]) + 1 if reached.numel() else int(sq.numel())
 
 
+def numerical_rank(singular_values: torch.Tensor, shape: Sequence[int]) -> int:
+    """How many singular values are not zero up to rounding: ``s_i > max(shape) * eps(float32) * s_max``
+    (the usual numerical-rank tolerance, at float32's precision, that of the deltas)."""
+    sv = singular_values.to(torch.float64)
+    if sv.numel() == 0 or float(sv.max()) == 0.0:
+        return 0
+    tol = max(shape) * torch.finfo(torch.float32).eps * float(sv.max())
+    return int((sv > tol).sum())
+
+
 def _gram_factors(flat: torch.Tensor, r_for) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(S (all, descending), up (out, r), down (r, n))`` from ``eigh`` of the float64 Gram matrix.
 
@@ -345,7 +355,8 @@ def merged_to_lora(delta: torch.Tensor | FullDiff, rank: int | None = None, ener
     same magnitude and neither overflows fp16 first; ``alpha = r`` (scale 1). Conv deltas come back as
     ``down (r, in, kh, kw)``, ``up (out, r, 1, 1)``. The rank is ``rank``, or the smallest one keeping
     ``energy`` of ``sum S^2`` (:func:`energy_rank`), or ``min(out, n)`` (lossless up to rounding) when
-    neither is given. ``rel_error = ||D - up @ down||_F / ||D||_F``, measured, which by Eckart-Young is
+    neither is given; a ``rank`` cap above the delta's numerical rank (:func:`numerical_rank`) gives that
+    rank instead (more would only add zero directions). ``rel_error = ||D - up @ down||_F / ||D||_F``, measured, which by Eckart-Young is
     ``sqrt(sum_{i>r} S_i^2) / ||D||_F`` up to rounding.
 
     Both solvers are exact (deterministic, full spectrum). ``gram`` (default): ``eigh`` of the float64
@@ -374,7 +385,10 @@ def merged_to_lora(delta: torch.Tensor | FullDiff, rank: int | None = None, ener
         _check_energy(energy)
 
     def r_for(sv: torch.Tensor) -> int:
-        return rank if rank is not None else energy_rank(sv, energy) if energy is not None else limit
+        if rank is not None:
+            # a rank cap above the delta's own rank would only keep zero directions (a file full of zeros)
+            return max(1, min(rank, numerical_rank(sv, flat.shape)))
+        return energy_rank(sv, energy) if energy is not None else limit
 
     _, up, down = (_gram_factors if solver == "gram" else _svd_factors)(flat, r_for)
     up, down = up.to(out_dtype), down.to(out_dtype)

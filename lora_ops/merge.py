@@ -62,9 +62,22 @@ class PatchEntry:
 
     def delta(self, shape, base: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
               device=None) -> torch.Tensor:
-        """The entry's delta at strength 1 (strength not folded in), transform and DoRA included."""
-        return effective_delta(self.adapter, shape, base=base, transform=self.target.transform, dtype=dtype,
-                               device=device)
+        """The entry's delta at strength 1 (strength not folded in), transform and DoRA included.
+
+        Factors that pass the shape checks but still do not form a delta of ``shape`` (a damaged file) give
+        a :class:`ShapeMismatchError` naming the layer, not torch's error."""
+        try:
+            return effective_delta(self.adapter, shape, base=base, transform=self.target.transform, dtype=dtype,
+                                   device=device)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+            if isinstance(exc, ShapeMismatchError) or type(exc).__module__.startswith("lora_lab") or \
+                    hasattr(exc, "fix"):
+                raise
+            raise ShapeMismatchError(f"{self.module}: its {self.adapter.describe()} factors do not form a delta for "
+                                     f"a weight of shape {tuple(shape)} ({type(exc).__name__}: {exc}).",
+                                     "the file is damaged or made for another model; export it again.") from exc
 
     def low_rank(self):
         """``(up, down, scale)`` in the weight's layout, or ``None`` (see ``low_rank_in_layout``)."""

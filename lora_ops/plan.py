@@ -169,11 +169,14 @@ def plan_lora(lora: LoadedLora, *, model_keys: Mapping[str, object] | KeyIndex,
 
     made_for = fam.describe()
     if items and not plan.matched_count and refuse_unmatched:
-        meta = f"; its metadata says {fam.metadata_value}" if fam.metadata_value else ""
+        looks = f" The file looks made for {made_for}." if made_for != "unknown" else ""
+        meta = f" Its metadata says {fam.metadata_value}." if fam.metadata_value else ""
         raise FamilyMismatchError(
             f"None of the {len(items)} layers of '{lora.name}' matches a weight of this model ({model_name}), so "
-            f"it would change nothing. The file looks made for {made_for}{meta}; e.g. '{items[0][0]}'.",
-            f"load a LoRA made for {model_name}, or the model this LoRA was trained on"
+            f"it would change nothing: its layer names (e.g. '{items[0][0]}') are not names the host's key map "
+            f"for this model knows.{looks}{meta}",
+            f"load a LoRA made for {model_name} (or load the model this LoRA was trained on); a file in a "
+            "naming this ComfyUI does not map may need converting to ComfyUI's names"
             + ("" if clip_keys else "; if it is a text-encoder LoRA, connect the CLIP input") + ".")
 
     misfits = []

@@ -208,4 +208,5 @@ class LoraLabLoader:
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabLoader": LoraLabLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabLoader": "LoRA Lab Loader"}
+# "block weights" in the name: the page's node search looks at names only (Inspire's "Lora Loader (Block Weight)").
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabLoader": "LoRA Lab Loader (block weights)"}

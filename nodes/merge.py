@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from ..lora_ops.bake import kohya_metadata, lora_state_dict, network_module_for
+from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import FamilyGuess
 from ..lora_ops.formats import ParsedLora
 from ..lora_ops.merge import PatchEntry
@@ -83,6 +84,9 @@ class LoraLabMerge:
             shapes.update(bridge.weight_shapes(clip.cond_stage_model))
         merged = merge_stack(model_entries + clip_entries, method, rank=rank, energy=energy, density=density,
                              seed=seed, base_of=bridge.base_weight_lookup(model, clip), shape_of=shapes.__getitem__)
+        if not merged.layers and not merged.bias_layers:
+            raise LoraLabError("The stack applies nothing to merge: every row is disabled, at strength 0, or "
+                               "blocked out by its block weights.", "enable a row with a non-zero strength.")
         lora = merged_lora(model, clip, merged, planned, method=method, normalization=normalization, name=name)
         report = "\n".join(x for x in (f"{len(planned)} LoRAs: " + ", ".join(p.row.lora_name for p in planned),
                                        line, merged.to_text()) if x)

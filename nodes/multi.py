@@ -128,4 +128,6 @@ class LoraLabMultiLoader:
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabMultiLoader": LoraLabMultiLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabMultiLoader": "LoRA Lab Multi Loader"}
+# Short on purpose: the page's search ranks names that start with the query by their length, so "lora" lists this
+# node right after core's LoRA loaders (the pack's badge says whose it is).
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabMultiLoader": "LoRAs"}

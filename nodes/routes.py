@@ -47,7 +47,7 @@ from ..lora_ops.blocks import (
     parse_block_weights,
 )
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.families import host_family
+from ..lora_ops.families import family_key
 from ..lora_ops.safeio import read_safetensors_header as read_safetensors_header_checked
 from .loader import user_presets_path
 
@@ -165,7 +165,10 @@ def _comfy_detection(shapes: dict[str, SimpleNamespace], kind: str) -> str | Non
         prefix = detection.unet_prefix_from_state_dict(shapes)
         stripped = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
         config = detection.model_config_from_unet(stripped or shapes, "")
-    return host_family(type(config).__name__) if config is not None else None
+    if config is None:
+        return None
+    # the config class and its ancestors, as for a loaded model (bridge.model_lineage)
+    return family_key([c.__name__ for c in type(config).__mro__ if c.__name__ not in ("BASE", "object")])
 
 
 _UNET_PREFIX_RX = re.compile(r"^(?:model\.)?(?:diffusion_model\.)?")

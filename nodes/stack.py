@@ -169,5 +169,6 @@ class LoraLabConflicts:
 
 NODE_CLASS_MAPPINGS = {"LoraLabStack": LoraLabStack, "LoraLabApplyStack": LoraLabApplyStack,
                        "LoraLabConflicts": LoraLabConflicts}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabStack": "LoRA Lab Stack", "LoraLabApplyStack": "LoRA Lab Apply Stack",
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabStack": "LoRA Lab Stack (block weights)",
+                              "LoraLabApplyStack": "LoRA Lab Apply Stack",
                               "LoraLabConflicts": "LoRA Lab Stack Conflicts"}

@@ -1,11 +1,12 @@
-"""``LoraLabTrain``: train a LoRA on the model in the graph, save it where loaders look, prove the file
-reproduces the previews.
+"""``LoraLabTrain``: train a LoRA/LoCon/LoHa/LoKr (optionally DoRA) on the model in the graph, save it where
+loaders look, prove the file reproduces the previews.
 
 The node checks every input first (:func:`prepare`: nothing is written before training starts), runs
-``train.session.run_training``, then loads the saved file back through ``LoraLabLoader``'s path and
-through core ``LoraLoader`` and renders the last preview's prompt and seed with both, to report how far
-each is from the live-adapter preview (:func:`parity`). Its MODEL output is the saved file applied
-through ``LoraLabLoader``'s path.
+``train.session.run_training`` with ComfyUI as its host (``nodes.train_host``), then loads the saved file
+back through ``LoraLabLoader``'s path and through core ``LoraLoader`` and renders the last preview's prompt
+and seed with both, to report how far each is from the live-adapter preview (:func:`parity`). Its MODEL
+(and, when a text encoder was trained, CLIP) output is the saved file applied through ``LoraLabLoader``'s
+path.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from ..lora_ops.chart import line_chart, stack, text_panel
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import family_label
 from ..lora_ops.plan import load_lora
-from ..train import host
 from ..train.checkpoint import STATE_SUFFIX, read_checkpoint
 from ..train.data import TrainDataError, assign_sizes, images_from_batch, images_from_folder
 from ..train.parity import image_difference
 from ..train.session import TrainPlan, TrainResult, run_training
 from ..train.settings import (ALGORITHMS, MAX_RANK, MAX_STEPS, OPTIMIZERS, SAVE_PRECISIONS, SCHEDULES, TARGETS,
                               TRAINING_DTYPES, TrainSettings, TrainSettingsError)
-from . import bridge, notices
+from . import bridge, notices, sampling, train_host
 from .changes import inputs_fingerprint
 from .bake import lora_output_path, output_stem
 from .images import image_tensor
@@ -39,7 +39,9 @@ from .loader import apply_lora, model_family_of, resolve_block_weights, resolve_
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FAMILIES = ("sd1",)
+TRAINABLE_MODELS = {"SD15": "SD1.x", "SDXL": "SDXL", "Flux": "Flux", "FluxSchnell": "Flux schnell",
+                    "Chroma": "Chroma", "ZImage": "Z-Image"}
+"""ComfyUI config classes LoraLabTrain trains (each tested on a small model of its kind) -> their names."""
 NO_RESUME = "none"
 
 
@@ -123,9 +125,29 @@ def own_run_files(output_name: str, resume_path: Path | None) -> OwnRun:
     return OwnRun(final=final, checkpoint=final or step_file is not None)
 
 
+def text_encoder_names(clip) -> list[str]:
+    """The text encoders of ``clip`` that can be trained (``clip_l``, ``clip_g``, ``t5xxl``, ``qwen3_4b``...)."""
+    if clip is None:
+        return []
+    return [name for name, child in clip.cond_stage_model.named_children() if any(True for _ in child.parameters())]
+
+
+def check_text_encoders(clip, settings: TrainSettings) -> None:
+    wanted = settings.text_encoder_names
+    if not wanted:
+        return
+    known = text_encoder_names(clip)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise TrainSettingsError(f"text_encoders names {', '.join(unknown)}, which the connected CLIP does not have.",
+                                 f"name some of: {', '.join(known) or '(none: connect the CLIP)'}, or leave it empty "
+                                 "to train the diffusion model only.")
+
+
 def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", image_folder: str = "",
-            resume_from: str = NO_RESUME, overwrite: bool = False) -> TrainPlan:
-    """Check every input and return the plan; raises a :class:`LoraLabError` and writes nothing otherwise."""
+            resume_from: str = NO_RESUME, overwrite: bool = False, clip=None) -> TrainPlan:
+    """Check every input and return the plan; raises a :class:`LoraLabError` and writes nothing otherwise.
+    ``clip``: needed when ``settings.text_encoders`` names encoders to train."""
     resume, notes, resume_path = None, [], None
     if resume_from and resume_from != NO_RESUME:
         resume_path = Path(resolve_lora_path(resume_from))
@@ -140,9 +162,13 @@ def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", 
             settings.schedule_steps = settings.steps
     settings.validate()
     family = model_family_of(model)
-    if family not in SUPPORTED_FAMILIES:
-        raise LoraLabError(f"LoraLabTrain trains SD1.x models only; this model is {family_label(family)}.",
-                           "connect an SD1.x checkpoint (SD 1.4/1.5 and their fine-tunes).")
+    own_class = bridge.model_lineage(model)[0]
+    if own_class not in TRAINABLE_MODELS:
+        names = ", ".join(dict.fromkeys(TRAINABLE_MODELS.values()))
+        raise LoraLabError(f"LoraLabTrain trains {names} models; this model is {bridge.model_name(model)}.",
+                           f"connect a checkpoint of one of those ({names}) or train this model with another "
+                           "trainer.")
+    check_text_encoders(clip, settings)
     if images is not None and image_folder.strip():
         raise TrainDataError("Both an IMAGE batch and image_folder are given.",
                              "connect images (with captions) or set image_folder, not both.")
@@ -174,32 +200,45 @@ def prepare(model, settings: TrainSettings, *, images=None, captions: str = "", 
     block_factor = None
     if settings.targets == "block selection":
         block_factor = resolve_block_weights(settings.target_blocks, model).factor
+    te_clip = clip if settings.text_encoder_names else None
     return TrainPlan(settings=settings, images=train_images, sizes=sizes, family=family,
-                     kohya_names=bridge.kohya_names_for(model, None, family), output_path=output_path,
+                     kohya_names=bridge.kohya_names_for(model, te_clip, family), output_path=output_path,
                      checkpoint_path=checkpoint_path, base_model=type(model.model.model_config).__name__,
                      block_factor=block_factor, resume=resume, notes=notes)
 
 
 def parity(model, clip, vae, saved_path: Path, lora, settings: TrainSettings, live: torch.Tensor):
-    """Images from the saved file through LoraLabLoader's path and core LoraLoader, each against ``live``."""
+    """Images from the saved file through LoraLabLoader's path and core LoraLoader, each against ``live``
+    (the text encoders patched too when the run trained them)."""
     import comfy.sd  # noqa: PLC0415
     import comfy.utils  # noqa: PLC0415
 
-    positive = host.conditioning(clip, settings.preview_prompt)
-    negative = host.conditioning(clip, "")
-    kwargs = dict(seed=settings.preview_seed, steps=settings.preview_steps, width=settings.resolution,
-                  height=settings.resolution)
-    applied = apply_lora(model, None, lora, 1.0, 0.0)
-    lab_image = host.sample_image(applied.model, vae, positive, negative, **kwargs)
+    strength_clip = 1.0 if settings.text_encoder_names else 0.0
+    te_clip = clip if settings.text_encoder_names else None
+    kwargs = dict(seed=settings.preview_seed, steps=settings.preview_steps)
+
+    def render(patcher, text_clip):
+        latent_shape = train_host.latent_shape(patcher, vae, settings.resolution, settings.resolution)
+        return train_host.render(patcher, vae, sampling.encode_prompt(text_clip, settings.preview_prompt),
+                                 sampling.encode_prompt(text_clip, ""), latent_shape=latent_shape, **kwargs)
+
+    applied = apply_lora(model, te_clip, lora, 1.0, strength_clip)
+    lab_image = render(applied.model, applied.clip if te_clip is not None else clip)
     core_sd = comfy.utils.load_torch_file(str(saved_path), safe_load=True)
-    core_model, _ = comfy.sd.load_lora_for_models(model, None, core_sd, 1.0, 0.0)
+    core_model, core_clip = comfy.sd.load_lora_for_models(model, te_clip, core_sd, 1.0, strength_clip)
     core_keys = len(set(core_model.patches) - set(model.patches))
-    core_image = host.sample_image(core_model, vae, positive, negative, **kwargs)
-    lines = [f"parity (prompt '{settings.preview_prompt}', seed {settings.preview_seed}, {host.PREVIEW_SAMPLER}, "
-             f"{settings.preview_steps} steps, cfg {host.PREVIEW_CFG:g}) against the last live-adapter preview:",
+    if te_clip is not None:
+        core_keys += len(set(core_clip.patcher.patches) - set(te_clip.patcher.patches))
+    core_image = render(core_model, core_clip if te_clip is not None else clip)
+    lines = [f"parity (prompt '{settings.preview_prompt}', seed {settings.preview_seed}, "
+             f"{train_host.PREVIEW_SAMPLER}, {settings.preview_steps} steps, cfg {train_host.preview_cfg(model):g}) "
+             "against the last live-adapter preview:",
              f"  saved file through LoraLabLoader: {image_difference(lab_image, live).text()}",
              f"  saved file through core LoraLoader ({core_keys} weights patched): "
              f"{image_difference(core_image, live).text()}"]
+    if settings.dora:
+        lines.append("  (core ComfyUI normalises a DoRA layer by the norm of the weight before the LoRA, LyCORIS, "
+                     "PEFT and LoRA Lab by that of the weight with it, so core's image may differ)")
     return applied, {"lora_lab": lab_image, "core": core_image, "core_keys": core_keys}, lines
 
 
@@ -209,17 +248,31 @@ def report_lines(plan: TrainPlan, result: TrainResult) -> list[str]:
     for t in result.targets:
         kinds[t.kind] = kinds.get(t.kind, 0) + 1
     losses = result.losses
-    lines = [f"trained {s.algorithm} rank {s.rank} alpha {s.alpha:g} on {len(result.targets)} layers "
-             f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}) of an {family_label(plan.family)} model, "
+    te = sum(t.name.startswith("text_encoders.") for t in result.targets)
+    label = TRAINABLE_MODELS.get(plan.base_model, family_label(plan.family))
+    lines = [f"trained {s.algorithm}{' + DoRA' if s.dora else ''} rank {s.rank} alpha {s.alpha:g} on "
+             f"{len(result.targets)} layers ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}"
+             f"{f'; {te} in the text encoders {s.text_encoders}' if te else ''}) of a {label} model, "
              f"loss on its {result.prediction} prediction",
              f"steps {result.start_step + 1}-{s.steps} in {result.seconds:.1f} s, {len(plan.images)} images"
              + (f"; resumed from step {result.start_step}" if result.start_step else "")]
+    if any(s.dropouts):
+        lines.append(f"dropout {s.dropout:g}, rank dropout {s.rank_dropout:g}, module dropout {s.module_dropout:g} "
+                     "(while training only; previews and the file have none)")
+    if s.max_grad_norm:
+        lines.append(f"gradient norm clipped to {s.max_grad_norm:g} in {result.clipped_steps} step(s)")
+    if s.training_dtype == "fp16":
+        lines.append(f"fp16 with loss scaling: {result.skipped_steps} step(s) skipped for overflowing gradients")
     if losses:
         lines.append(f"loss: first {losses[0]:.4f}, last {losses[-1]:.4f}, mean of the last "
                      f"{min(10, len(losses))} {sum(losses[-10:]) / min(10, len(losses)):.4f}")
     lines += [f"note: {n}" for n in plan.notes]
+    lines += [f"warning: {w}" for w in result.warnings]
     lines.append(f"saved {result.saved.path.name} (state: {result.saved.state_path.name})")
     lines.append(result.precision.text())
+    if result.precision_levels is not None:
+        lines.append(f"  the last preview with the {s.save_precision}-rounded values: {result.precision_levels} "
+                     "level(s) of 255 from the fp32 one")
     for c in result.checkpoints:
         lines.append(f"checkpoint at step {c.step}: {c.path.name}")
     return lines
@@ -234,7 +287,8 @@ def preview_batch(result: TrainResult, settings: TrainSettings) -> torch.Tensor:
 ADVANCED_INPUTS = frozenset({
     "target_blocks", "lr_schedule", "warmup_steps", "optimizer", "gradient_accumulation", "buckets", "caption_dropout",
     "shuffle_captions", "flip", "noise_offset", "min_snr_gamma", "seed", "training_dtype", "gradient_checkpointing",
-    "preview_seed", "preview_steps", "save_every", "save_precision", "overwrite"})
+    "preview_seed", "preview_steps", "save_every", "save_precision", "overwrite", "dropout", "rank_dropout",
+    "module_dropout", "text_encoders", "text_encoder_lr", "max_grad_norm"})
 """Inputs the page groups under "advanced" (hidden until shown; their defaults suit a first run)."""
 
 
@@ -247,9 +301,10 @@ def with_advanced(inputs: dict) -> dict:
 
 
 class LoraLabTrain:
-    """Train a LoRA / LoCon on the connected SD1.x model from images and captions."""
+    """Train a LoRA / LoCon / LoHa / LoKr (optionally DoRA) on the connected model from images and captions."""
 
-    DESCRIPTION = ("Trains a LoRA or LoCon on the connected SD1.x model from images and captions: loss on the model's "
+    DESCRIPTION = ("Trains a LoRA, LoCon, LoHa or LoKr (optionally DoRA) on the connected SD1.x, SDXL, Flux, Chroma or "
+                   "Z-Image model (and optionally its text encoders) from images and captions: loss on the model's "
                    "own prediction, LR schedule with warm-up, seeded, fp32 master weights, previews with ComfyUI's "
                    "sampler, kohya-format file with metadata in the loras folder, resumable after cancel, and a "
                    "parity check of the saved file against the previews.")
@@ -283,7 +338,8 @@ class LoraLabTrain:
                 "alpha": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 4096.0, "step": 0.5,
                                     "tooltip": "The LoRA's scale is alpha / rank."}),
                 "algorithm": (list(ALGORITHMS), {"default": "lora", "tooltip": "lora: Linear and 1x1 conv layers; "
-                                                 "locon: also convs with larger kernels."}),
+                                                 "locon: also convs with larger kernels; loha (Hadamard product) and "
+                                                 "lokr (Kronecker product): LyCORIS' kinds, on Linear and conv layers."}),
                 "targets": (list(TARGETS), {"default": "attention+mlp"}),
                 "target_blocks": ("STRING", {"default": "", "tooltip":
                                              "With targets 'block selection': block-weights syntax; blocks with a "
@@ -309,7 +365,8 @@ class LoraLabTrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "Seeds the LoRA's init, the data order, flips, caption dropout and noise."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "fp32", "tooltip": "Compute dtype of the model; "
-                                                          "the LoRA's master weights are always fp32."}),
+                                                          "the LoRA's master weights are always fp32. fp16 scales the "
+                                                          "loss (steps whose gradients overflow are skipped)."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False}),
                 "preview_every": ("INT", {"default": 0, "min": 0, "max": MAX_STEPS,
                                           "tooltip": "Make a preview every N steps and at the end (0: none, and no "
@@ -324,6 +381,22 @@ class LoraLabTrain:
                 "resume_from": (loras, {"default": NO_RESUME, "tooltip": "A checkpoint LoraLabTrain saved; its step, "
                                         "optimizer state and settings are read from its metadata."}),
                 "overwrite": ("BOOLEAN", {"default": False}),
+                "dora": ("BOOLEAN", {"default": False, "tooltip": "DoRA: a trained magnitude per output channel "
+                                     "beside the adapter (LyCORIS' dora_wd, PEFT's DoRA), saved as dora_scale."}),
+                "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                                      "kohya's network_dropout: drops values of the adapter's inner activations "
+                                      "while training (never in previews or the file)."}),
+                "rank_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                                           "Drops whole rank channels (LoRA) or rows of the delta (LoHa/LoKr) per "
+                                           "sample while training; kept ones are scaled by 1/(1-p)."}),
+                "module_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                                             "Skips a layer's adapter for a whole step with this probability."}),
+                "text_encoders": ("STRING", {"default": "", "tooltip": "Text encoders to train as well, by name "
+                                             "(clip_l, clip_g, t5xxl, qwen3_4b...); empty: the diffusion model only."}),
+                "text_encoder_lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "tooltip":
+                                              "Learning rate of the text encoders' adapters (0: learning_rate)."}),
+                "max_grad_norm": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip":
+                                            "Clip the gradient's norm to this (0: off; kohya's default is 1)."}),
             },
             "optional": {"images": ("IMAGE", {"tooltip": "Training images (captions one per line in 'captions')."})},
         })
@@ -332,7 +405,9 @@ class LoraLabTrain:
               target_blocks, steps, learning_rate, lr_schedule, warmup_steps, optimizer, batch_size,
               gradient_accumulation, resolution, buckets, caption_dropout, shuffle_captions, flip, noise_offset,
               min_snr_gamma, seed, training_dtype, gradient_checkpointing, preview_every, preview_prompt,
-              preview_seed, preview_steps, save_every, save_precision, resume_from, overwrite, images=None):
+              preview_seed, preview_steps, save_every, save_precision, resume_from, overwrite, dora=False, dropout=0.0,
+              rank_dropout=0.0, module_dropout=0.0, text_encoders="", text_encoder_lr=0.0, max_grad_norm=0.0,
+              images=None):
         settings = TrainSettings(
             output_name=output_name, rank=rank, alpha=alpha, algorithm=algorithm, targets=targets,
             target_blocks=target_blocks, steps=steps, learning_rate=learning_rate, lr_schedule=lr_schedule,
@@ -342,14 +417,16 @@ class LoraLabTrain:
             min_snr_gamma=min_snr_gamma, seed=seed, training_dtype=training_dtype,
             gradient_checkpointing=gradient_checkpointing, preview_every=preview_every, preview_prompt=preview_prompt,
             preview_seed=preview_seed, preview_steps=preview_steps, save_every=save_every,
-            save_precision=save_precision)
+            save_precision=save_precision, dora=dora, dropout=dropout, rank_dropout=rank_dropout,
+            module_dropout=module_dropout, text_encoders=text_encoders, text_encoder_lr=text_encoder_lr,
+            max_grad_norm=max_grad_norm)
         plan = prepare(model, settings, images=images, captions=captions, image_folder=image_folder,
-                       resume_from=resume_from, overwrite=overwrite)
+                       resume_from=resume_from, overwrite=overwrite, clip=clip)
         last_step = [plan.resume.step if plan.resume is not None else 0]
         try:
             return train_and_report(model, clip, vae, plan,
                                     after_step=lambda step, loss: last_step.__setitem__(0, step))[0]
-        except host.interrupt_exception():
+        except train_host.ComfyTrainHost().interrupt_exception():
             notify_cancelled(plan, last_step[0])
             raise
 
@@ -373,6 +450,7 @@ def notify_cancelled(plan: TrainPlan, step: int) -> None:
 
 def train_and_report(model, clip, vae, plan: TrainPlan, **session_kwargs) -> tuple[dict, TrainResult]:
     """Run the plan, check parity; the node's return value and the run's result (``session_kwargs``: tests)."""
+    session_kwargs.setdefault("host", train_host.ComfyTrainHost())
     result = run_training(model, clip, vae, plan, **session_kwargs)
     s = plan.settings
     lora = load_lora(result.saved.path)
@@ -383,11 +461,13 @@ def train_and_report(model, clip, vae, plan: TrainPlan, **session_kwargs) -> tup
         lines += parity_lines
         result.parity = images
     else:
-        applied = apply_lora(model, None, lora, 1.0, 0.0)
+        te_clip = clip if s.text_encoder_names else None
+        applied = apply_lora(model, te_clip, lora, 1.0, 1.0 if te_clip is not None else 0.0)
         lines.append("parity not checked: previews are off (preview_every = 0)")
-    if len(applied.plan.model_entries) != len(result.targets):
-        raise LoraLabError(f"The saved file applies to {len(applied.plan.model_entries)} of {len(result.targets)} "
-                           "trained layers.", "report this as a bug in LoRA Lab.")
+    patched = len(applied.plan.model_entries) + (len(applied.plan.clip_entries) if s.text_encoder_names else 0)
+    if patched != len(result.targets):
+        raise LoraLabError(f"The saved file applies to {patched} of {len(result.targets)} trained layers.",
+                           "report this as a bug in LoRA Lab.")
     report = "\n".join(lines)
     log.info("LoRA Lab: %s", report.replace("\n", " | "))
     chart = stack([line_chart(result.losses, title=f"training loss ({result.prediction} prediction)",

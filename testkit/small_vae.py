@@ -45,4 +45,10 @@ def small_taesd(latent_channels: int = 16, dtype: torch.dtype = torch.float32) -
     shapes = meta_shapes(lambda: comfy.taesd.taesd.TAESD(latent_channels=latent_channels))
     sd = seeded_state_dict(shapes, SEED_SMALL_VAE + latent_channels)
     sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+    # The decoder's last convolution (to RGB): small weights around a mid-grey bias, so that random weights
+    # give textures within [0, 1] instead of images clipped everywhere (which the sweep flags "saturated").
+    rgb = max(k for k, v in shapes.items() if k.startswith("taesd_decoder.") and k.endswith(".weight")
+              and v[0] == 3)
+    sd[rgb] = sd[rgb] * 0.05
+    sd[rgb[: -len("weight")] + "bias"] = torch.full((3,), 0.5)
     return comfy.sd.VAE(sd=sd, device=torch.device("cpu"), dtype=dtype)

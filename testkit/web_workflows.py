@@ -107,6 +107,46 @@ def sweep_graph(checkpoint: str, lora: str, *, weights: tuple[float, float] = (0
     }
 
 
+def multi_rows(rows: list[tuple]) -> str:
+    """The ``loras`` text of LoraLabMultiLoader: rows ``(lora, strength, strength_clip, block_weights, on)``."""
+    return json.dumps([{"on": on, "lora": lora, "strength": sm, "strength_clip": sc, "block_weights": bw}
+                       for lora, sm, sc, bw, on in rows])
+
+
+def page_graph(checkpoint: str, loras: dict[str, str], *, bake_name: str, prefix: str = "lora_lab_web/page",
+               size: int = 64) -> dict:
+    """Every LoRA Lab node the page shows something on, run by one prompt (one sampling, one 2-cell sweep):
+
+    checkpoint -> LoraLabLoader (kohya, block weights) -> LoraLabMultiLoader (the diffusers file, OUTALL, and a
+    row switched off) -> prompts -> KSampler -> SaveImage; beside them LoraLabInspect (kohya), LoraLabSweep
+    (kohya at 0.5 and 1.0), LoraLabBake (kohya, OUTALL, into ``bake_name``).
+    """
+    g = loader_txt2img(checkpoint, loras["kohya"], block_weights="IN04-IN08=0.5, M00=0", prefix=prefix, size=size,
+                       inspect=True)
+    g["10"] = {"class_type": "LoraLabMultiLoader", "inputs": {
+        "model": ["2", 0], "clip": ["2", 1],
+        "loras": multi_rows([(loras["diffusers"], 0.5, 0.5, "OUTALL", True), (loras["kohya"], 1.0, 1.0, "", False)])}}
+    for node, slot in (("3", "clip"), ("4", "clip")):
+        g[node]["inputs"][slot] = ["10", 1]
+    g["6"]["inputs"]["model"] = ["10", 0]
+    g["11"] = sweep_graph(checkpoint, loras["kohya"], weights=(0.5, 1.0), size=size)["2"]
+    g["11"]["inputs"].update(model=["1", 0], clip=["1", 1], vae=["1", 2])
+    g["12"] = {"class_type": "LoraLabBake", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "lora_name": loras["kohya"], "block_weights": "OUTALL",
+        "output_name": bake_name}}
+    return g
+
+
+def merge_graph(checkpoint: str, lora: str) -> dict:
+    """Checkpoint -> LoraLabStack -> LoraLabMerge (nothing sampled): a Merge Stack node with its seed."""
+    g = stack_graph(checkpoint, lora)
+    del g["3"]
+    g["4"] = {"class_type": "LoraLabMerge", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "lora_stack": ["2", 0], "method": "dare", "rank": 0, "energy": 0.0,
+        "density": 0.5, "seed": 42, "normalization": "none", "normalization_target": 1.0, "name": "merged"}}
+    return g
+
+
 # --- tools the front-end tests need ---------------------------------------------------------------
 
 def missing_tool(reason: str) -> None:

@@ -163,8 +163,10 @@ def test_svd_full_rank_reproduces_the_sum(shape, solver):
     full = min(shape[0], math.prod(shape[1:]))
     merged, err = combine.merge_svd(parts, rank=full, shape=shape, solver=solver)
     exact = ref_sum64(parts, shape)
-    assert merged.rank == full and merged.scale == 1.0
-    assert merged.down.shape == (full, *shape[1:])
+    # a cap at full size keeps the delta's own rank (9 for two LoCons of rank 5 and 4), no zero directions
+    own = int(torch.linalg.matrix_rank(exact.reshape(shape[0], -1)))
+    assert merged.rank == min(full, own) and merged.scale == 1.0
+    assert merged.down.shape == (min(full, own), *shape[1:])
     approx = merged.delta(torch.Size(shape), torch.float64)
     assert combine.relative_error(approx, exact) < 1e-5
     assert err < 1e-5
@@ -456,3 +458,11 @@ def test_other_bad_input():
         combine.merge_sum([Part(LohaWeights(torch.randn(6, 2), torch.randn(2, 5), torch.randn(6, 2),
                                             torch.randn(2, 5)), 1.0)])
     assert issubclass(LoraLabError, ValueError)
+
+
+@pytest.mark.parametrize("solver", ["gram", "svd"])
+def test_a_rank_cap_above_the_deltas_rank_keeps_no_zero_directions(solver):
+    """Two rank-4 LoRAs merged with a rank cap of 64: the file must hold rank 8, not 56 zero directions."""
+    parts = [Part(lora(96, 80, 4, 4.0, seed=s), w) for s, w in ((21, 0.8), (22, -0.5))]
+    merged, err = combine.merge_svd(parts, rank=64, solver=solver)
+    assert merged.rank == 8 and err < 1e-5

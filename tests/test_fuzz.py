@@ -1,9 +1,9 @@
 """Fuzz tests (hypothesis): parsers and routes given random and mutated input answer with LoRA Lab's own
 error or a result, never another exception and never a hang.
 
-Every test here uses the ``fuzz`` settings profile: a modest, fixed number of examples drawn
-deterministically (``derandomize``), so a CI run is reproducible and takes seconds; set
-``LORA_LAB_FUZZ=fuzz-long`` for a longer, random search on a developer's machine. Sections: the
+Every test here uses the ``FUZZ`` settings: a modest, fixed number of examples (150) drawn
+deterministically (``derandomize``), so a CI run is reproducible and takes seconds; ``LORA_LAB_FUZZ=long``
+draws 5,000 random examples per test instead (about 12 minutes here), for a search on a developer's machine. Sections: the
 safetensors reader (lora_ops/safeio.py), the front end's routes (nodes/routes.py).
 """
 
@@ -13,14 +13,13 @@ import asyncio
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from testkit.host import import_pack
 
@@ -29,17 +28,19 @@ from lora_lab.lora_ops import safeio  # noqa: E402
 from lora_lab.lora_ops.errors import LoraFileError  # noqa: E402
 from lora_lab.nodes import routes  # noqa: E402
 
-settings.register_profile("fuzz", max_examples=150, derandomize=True, deadline=5000, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("fuzz-long", max_examples=5000, deadline=5000,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FUZZ = settings.get_profile(os.environ.get("LORA_LAB_FUZZ", "fuzz"))
-
-_WORKDIR = Path(tempfile.mkdtemp(prefix="lora-lab-fuzz-"))
+FUZZ = settings(max_examples=150, derandomize=True, deadline=5000, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+if os.environ.get("LORA_LAB_FUZZ") == "long":
+    FUZZ = settings(FUZZ, max_examples=5000, derandomize=False)
 
 
-def as_file(content: bytes, name: str = "fuzz.safetensors") -> Path:
-    path = _WORKDIR / name
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def as_file(folder: Path, content: bytes, name: str = "fuzz.safetensors") -> Path:
+    path = folder / name
     path.write_bytes(content)
     return path
 
@@ -49,11 +50,9 @@ def with_header(header: bytes, data: bytes = b"", length: int | None = None) -> 
 
 
 def valid_file() -> bytes:
-    path = _WORKDIR / "valid.safetensors"
-    save_file({"lora_unet_x.lora_down.weight": torch.arange(8, dtype=torch.float16).reshape(2, 4),
-               "lora_unet_x.lora_up.weight": torch.ones(4, 2), "lora_unet_x.alpha": torch.tensor(2.0)},
-              str(path), metadata={"ss_network_dim": "2"})
-    return path.read_bytes()
+    return save({"lora_unet_x.lora_down.weight": torch.arange(8, dtype=torch.float16).reshape(2, 4),
+                 "lora_unet_x.lora_up.weight": torch.ones(4, 2), "lora_unet_x.alpha": torch.tensor(2.0)},
+                metadata={"ss_network_dim": "2"})
 
 
 VALID = valid_file()
@@ -71,9 +70,9 @@ entry_values = st.fixed_dictionaries(
 headers = st.dictionaries(st.text(max_size=10), entry_values | json_values, max_size=5)
 
 
-def read_or_refuse(content: bytes) -> None:
+def read_or_refuse(folder: Path, content: bytes) -> None:
     """The property: reading ``content`` either succeeds with tensors or raises LoraFileError naming the file."""
-    path = as_file(content)
+    path = as_file(folder, content)
     try:
         lora = safeio.read_lora_file(path)
     except LoraFileError as exc:
@@ -87,53 +86,53 @@ def read_or_refuse(content: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=600))
-def test_random_bytes(content):
-    read_or_refuse(content)
+def test_random_bytes(workdir, content):
+    read_or_refuse(workdir, content)
 
 
 @FUZZ
 @given(json_values, st.binary(max_size=64), st.none() | st.integers(0, 2**64 - 1))
-def test_any_json_as_header(header, data, length):
-    read_or_refuse(with_header(json.dumps(header).encode(), data, length))
+def test_any_json_as_header(workdir, header, data, length):
+    read_or_refuse(workdir, with_header(json.dumps(header).encode(), data, length))
 
 
 @FUZZ
 @given(headers, st.binary(max_size=96), st.none() | st.dictionaries(st.text(max_size=6), json_values, max_size=3))
-def test_header_shaped_objects(tensors, data, metadata):
+def test_header_shaped_objects(workdir, tensors, data, metadata):
     header = dict(tensors)
     if metadata is not None:
         header["__metadata__"] = metadata
-    read_or_refuse(with_header(json.dumps(header).encode(), data))
+    read_or_refuse(workdir, with_header(json.dumps(header).encode(), data))
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8))
-def test_byte_flips_of_a_valid_file(flips):
+def test_byte_flips_of_a_valid_file(workdir, flips):
     content = bytearray(VALID)
     for position, value in flips:
         content[position] = value
-    read_or_refuse(bytes(content))
+    read_or_refuse(workdir, bytes(content))
 
 
 @FUZZ
 @given(st.integers(0, len(VALID)), st.integers(0, len(VALID)), st.binary(max_size=40))
-def test_cuts_and_insertions_in_a_valid_file(start, stop, inserted):
+def test_cuts_and_insertions_in_a_valid_file(workdir, start, stop, inserted):
     assume(start <= stop)
-    read_or_refuse(VALID[:start] + inserted + VALID[stop:])
+    read_or_refuse(workdir, VALID[:start] + inserted + VALID[stop:])
 
 
 @FUZZ
 @given(st.integers(1, 200_000), st.sampled_from(["[", "{\"a\":", "[{\"x\":"]))
-def test_deep_nesting(depth, opener):
+def test_deep_nesting(workdir, depth, opener):
     closer = {"[": "]", "{\"a\":": "}", "[{\"x\":": "}]"}[opener]
-    read_or_refuse(with_header((opener * depth + "1" + closer * depth).encode()))
+    read_or_refuse(workdir, with_header((opener * depth + "1" + closer * depth).encode()))
 
 
 @FUZZ
 @given(st.text(alphabet="0123456789eE.-+", min_size=1, max_size=6000))
-def test_numbers_of_any_size_as_offsets(number):
+def test_numbers_of_any_size_as_offsets(workdir, number):
     header = f'{{"a": {{"dtype": "F32", "shape": [1], "data_offsets": [0, {number}]}}}}'.encode()
-    read_or_refuse(with_header(header, b"\0" * 4))
+    read_or_refuse(workdir, with_header(header, b"\0" * 4))
 
 
 # --- the routes -----------------------------------------------------------------------------------------------
@@ -141,8 +140,8 @@ def test_numbers_of_any_size_as_offsets(number):
 @FUZZ
 @given(st.binary(max_size=300) | headers.map(lambda h: with_header(json.dumps(h).encode(), b"\0" * 16)),
        st.sampled_from(routes.MODEL_KINDS))
-def test_family_of_any_file_is_a_family_or_a_reason(content, kind):
-    info = routes.model_file_family(as_file(content, "model.safetensors"), kind)
+def test_family_of_any_file_is_a_family_or_a_reason(workdir, content, kind):
+    info = routes.model_file_family(as_file(workdir, content, "model.safetensors"), kind)
     assert (info["family"] is None) == ("reason" in info)
     assert json.dumps(info)
 

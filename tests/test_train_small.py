@@ -29,7 +29,7 @@ from lora_lab.lora_ops.inspect import training_info  # noqa: E402
 from lora_lab.lora_ops.plan import load_lora  # noqa: E402
 from lora_lab.nodes.loader import apply_lora  # noqa: E402
 from lora_lab.nodes.train import prepare, train_and_report  # noqa: E402
-from lora_lab.train import host  # noqa: E402
+from lora_lab.nodes import sampling, train_host  # noqa: E402
 from lora_lab.train.checkpoint import read_checkpoint, state_path_for  # noqa: E402
 from lora_lab.train.parity import image_difference  # noqa: E402
 from lora_lab.train.settings import TrainSettings  # noqa: E402
@@ -215,8 +215,8 @@ def test_parity_of_the_default_precision_and_previews_through_the_progress_bar(s
     assert result.parity["core_keys"] == len(result.targets)
     # The LoRA changes the picture, so agreement means something.
     patcher, clip, vae = small
-    base = host.sample_image(patcher, vae, host.conditioning(clip, "zxq style"), host.conditioning(clip, ""),
-                             seed=5, steps=3, width=64, height=64)
+    base = train_host.render(patcher, vae, sampling.encode_prompt(clip, "zxq style"), sampling.encode_prompt(clip, ""),
+                             seed=5, steps=3, latent_shape=train_host.latent_shape(patcher, vae, 64, 64))
     assert image_difference(base, live).max_levels > 4 * PARITY_MAX_LEVELS
     # Previews: steps 3 and 6, returned as a batch and streamed with the progress updates.
     assert [step for step, _ in result.previews] == [3, 6]
@@ -365,9 +365,12 @@ def test_bad_input_raises_before_writing(small, loras, case):
 
 
 def test_other_families_are_refused(loras):
+    from testkit.families import small_family_model
+
     with torch.inference_mode():
-        patcher, clip = models.small_sdxl()
-    with pytest.raises(LoraLabError, match="trains SD1.x models only; this model is SDXL"):
+        patcher = small_family_model("sd2")
+    with pytest.raises(LoraLabError, match=r"trains SD1.x, SDXL, Flux, Flux schnell, Chroma, Z-Image models; this "
+                                           r"model is SD2.x"):
         prepare(patcher, settings(), images=pattern_images(), captions=CAPTIONS)
     assert list(loras.iterdir()) == []
 

@@ -21,7 +21,7 @@ from lora_lab.train.data import (BatchOrder, TrainDataError, TrainImage, assign_
                                  caption_variant, fit_image, generator, images_from_batch, split_captions,
                                  tag_frequency)
 from lora_lab.train.loop import load_optimizer_state, lr_at, make_optimizer, optimizer_state  # noqa: E402
-from lora_lab.train.network import LoraLayer, LoraNetwork, TargetLayer, checkpointed  # noqa: E402
+from lora_lab.train.network import AdapterLayer, AdapterNetwork, TargetLayer, checkpointed  # noqa: E402
 from lora_lab.train.objective import (coefficients, loss_per_sample, native_target, noisy_input,  # noqa: E402
                                       prediction_type)
 from lora_lab.train.settings import TrainSettings, TrainSettingsError  # noqa: E402
@@ -33,7 +33,8 @@ from lora_lab.train.settings import TrainSettings, TrainSettingsError  # noqa: E
     ({"rank": 0}, "rank 0"), ({"rank": 2000}, "rank 2000"), ({"steps": 0}, "steps 0"), ({"alpha": 0}, "alpha"),
     ({"learning_rate": 0}, "learning_rate"), ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
     ({"resolution": 60}, "resolution"), ({"caption_dropout": 1.0}, "caption_dropout"),
-    ({"optimizer": "Lion"}, "optimizer 'Lion'"), ({"algorithm": "loha"}, "algorithm 'loha'"),
+    ({"optimizer": "Lion"}, "optimizer 'Lion'"), ({"algorithm": "oft"}, "algorithm 'oft'"),
+    ({"rank_dropout": 1.0}, "rank_dropout"), ({"dropout": -0.1}, "dropout"), ({"max_grad_norm": -1}, "max_grad_norm"),
 ])
 def test_settings_out_of_range(kw, message):
     with pytest.raises(TrainSettingsError, match=message):
@@ -167,18 +168,19 @@ def test_min_snr_weights():
 @pytest.mark.parametrize("module", [torch.nn.Linear(12, 10), torch.nn.Conv2d(6, 8, 1),
                                     torch.nn.Conv2d(6, 8, 3, stride=2, padding=1)], ids=["linear", "1x1", "3x3"])
 def test_bypass_equals_the_merged_weight_loaders_apply(module):
-    layer = LoraLayer(TargetLayer("m", module), rank=3, alpha=6.0, seed=1)
-    assert float(layer.up.detach().abs().max()) == 0  # kohya: up starts at zero
+    layer = AdapterLayer(TargetLayer("m", module), "lora", rank=3, alpha=6.0, seed=1)
+    up, down = layer.params["up"], layer.params["down"]
+    assert float(up.detach().abs().max()) == 0  # kohya: up starts at zero
     with torch.no_grad():
-        layer.up.copy_(torch.randn(layer.up.shape, generator=torch.Generator().manual_seed(2)))
+        up.copy_(torch.randn(up.shape, generator=torch.Generator().manual_seed(2)))
     x = torch.randn((2, 12) if isinstance(module, torch.nn.Linear) else (2, 6, 9, 9))
     merged_w = module.weight + layer.weights().delta(module.weight.shape)
     if isinstance(module, torch.nn.Linear):
         reference = F.linear(x, merged_w, module.bias)
     else:
         reference = F.conv2d(x, merged_w, module.bias, stride=module.stride, padding=module.padding)
-    network = LoraNetwork([TargetLayer("m", module)], rank=3, alpha=6.0, seed=1)
-    network.load_master_state({"m.down": layer.down.detach(), "m.up": layer.up.detach()})
+    network = AdapterNetwork([TargetLayer("m", module)], rank=3, alpha=6.0, seed=1)
+    network.load_master_state({"m.down": down.detach(), "m.up": up.detach()})
     with torch.no_grad(), network.attached():
         live = module(x)
     assert torch.allclose(live, reference, atol=1e-5)
@@ -188,16 +190,16 @@ def test_bypass_equals_the_merged_weight_loaders_apply(module):
 
 
 def test_init_is_seeded_per_layer():
-    a = LoraLayer(TargetLayer("x", torch.nn.Linear(16, 16)), 4, 4.0, seed=5)
-    b = LoraLayer(TargetLayer("x", torch.nn.Linear(16, 16)), 4, 4.0, seed=5)
-    c = LoraLayer(TargetLayer("y", torch.nn.Linear(16, 16)), 4, 4.0, seed=5)
-    assert torch.equal(a.down, b.down) and not torch.equal(a.down, c.down)
-    assert float(a.down.detach().abs().max()) <= 1 / math.sqrt(16)
+    a = AdapterLayer(TargetLayer("x", torch.nn.Linear(16, 16)), "lora", 4, 4.0, seed=5).params["down"]
+    b = AdapterLayer(TargetLayer("x", torch.nn.Linear(16, 16)), "lora", 4, 4.0, seed=5).params["down"]
+    c = AdapterLayer(TargetLayer("y", torch.nn.Linear(16, 16)), "lora", 4, 4.0, seed=5).params["down"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.detach().abs().max()) <= 1 / math.sqrt(16)
 
 
 def test_hooks_and_checkpointing_are_removed_on_error():
     lin = torch.nn.Linear(4, 4)
-    net = LoraNetwork([TargetLayer("l", lin)], 2, 2.0, 0)
+    net = AdapterNetwork([TargetLayer("l", lin)], 2, 2.0, 0)
     with pytest.raises(RuntimeError), net.attached(), checkpointed([lin]):
         assert lin._forward_hooks and "forward" in vars(lin)
         raise RuntimeError("boom")

@@ -16,11 +16,13 @@ import torch
 from ..errors import LoraLabError
 from .base import AdapterBase, RowTerm, flat2d, lora_scale
 from .boft import BoftWeights
-from .dora import dora_from_delta, magnitude_fits
+from .dora import dora_factor, dora_from_delta, magnitude_fits
+from .dropout import DropDraw, DropoutRates
 from .full import FullDiff
 from .glora import GloraWeights
 from .loha import LohaWeights
 from .lokr import LokrWeights
+from .live import output_delta
 from .lora import LoraWeights, LowRankRows
 from .oft import OftWeights
 from .setweight import SetWeight
@@ -117,8 +119,8 @@ def low_rank_in_layout(adapter: AdapterBase, transform: Transform | None):
 
 
 __all__ = [
-    "Adapter", "AdapterBase", "BoftWeights", "FullDiff", "GloraWeights", "KINDS", "LohaWeights", "LokrWeights",
-    "LoraWeights", "LowRankRows", "OftWeights", "RowTerm", "SetWeight", "Transform", "algorithm_name",
-    "dora_delta", "dora_from_delta", "effective_delta", "flat2d", "lora_scale", "low_rank_in_layout",
-    "magnitude_fits",
+    "Adapter", "AdapterBase", "BoftWeights", "DropDraw", "DropoutRates", "FullDiff", "GloraWeights", "KINDS",
+    "LohaWeights", "LokrWeights", "LoraWeights", "LowRankRows", "OftWeights", "RowTerm", "SetWeight", "Transform",
+    "algorithm_name", "dora_delta", "dora_factor", "dora_from_delta", "effective_delta", "flat2d", "lora_scale",
+    "low_rank_in_layout", "magnitude_fits", "output_delta",
 ]

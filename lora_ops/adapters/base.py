@@ -14,6 +14,8 @@ LyCORIS' ``functional/``); each is a dataclass deriving from :class:`AdapterBase
   accumulator without forming the whole delta (the CPU merge), or ``None``;
 * ``bypass(x, layer, base=None)``: ``dW x`` for an input ``x`` of the layer, which equals
   ``(W + dW) x - W x`` (how a delta runs without being merged: the sweep's rows, training);
+  ``bypass_dropped(x, layer, shape, draw)`` is the same with a training call's dropout
+  (:mod:`lora_ops.adapters.dropout`), and :mod:`lora_ops.adapters.live` adds DoRA to it;
 * ``scaled(factor)``: an adapter of the same kind whose delta is ``factor * dW`` (baking block weights
   into a file), or ``None`` where the kind cannot say that;
 * ``delta_numel()`` / ``implied_shape()``: what the factors tell about the weight they fit.
@@ -170,6 +172,19 @@ class AdapterBase:
         """``dW x``: the layer's operation with the formed delta (kinds with a cheaper form override it)."""
         d = self.delta(shape, base=base, dtype=x.dtype, device=x.device)
         return layer.apply(x, d)
+
+    def bypass_dropped(self, x: torch.Tensor, layer: LayerCall, shape, draw, base: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """``dW x`` with a training call's dropout (``draw``: :class:`lora_ops.adapters.dropout.DropDraw`), as
+        LyCORIS defines it for kinds other than LoRA: rank dropout drops rows of ``dW`` (output channels of
+        ``dW x``) per sample, dropout drops elements of ``dW x``; kept values are scaled by ``1 / (1 - p)``.
+        Module dropout is the caller's (the adapter is not called at all)."""
+        out = self.bypass(x, layer, shape, base=base)
+        rows = draw.rank_mask(out, layer.feature_dim)
+        if rows is not None:
+            out = out * rows
+        elements = draw.element_mask(out)
+        return out if elements is None else out * elements
 
     def tensors(self) -> list[torch.Tensor]:
         """Every floating-point tensor the adapter holds (for the NaN/Inf scan)."""

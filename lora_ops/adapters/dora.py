@@ -28,6 +28,32 @@ def dora_from_delta(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Te
     return merged * (m / norm) - w0
 
 
+def dora_factor(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """``f = m / ||W0 + dW||`` per output channel, ``(out,)`` fp32: the output-axis DoRA weight is ``f * (W0 + dW)``
+    row by row, the same value :func:`dora_from_delta` merges (``W0 + dora_from_delta(...) == f * (W0 + dW)``)."""
+    w0 = base.float()
+    merged = (w0 + delta.float().reshape(w0.shape)).reshape(w0.shape[0], -1)
+    m = magnitude.to(device=w0.device, dtype=torch.float32).reshape(-1)
+    if m.numel() != w0.shape[0]:
+        raise ValueError(f"the live DoRA form takes a magnitude on the output axis ({w0.shape[0]} values), "
+                         f"got {m.numel()}")
+    return m / merged.norm(dim=1)
+
+
+def dora_output(base_out: torch.Tensor, direction_out: torch.Tensor, factor: torch.Tensor,
+                feature_dim: int) -> torch.Tensor:
+    """``(W' - W0) x = (f - 1) * (W0 x) + f * (dW x)`` for an output-axis DoRA, without forming ``W'``.
+
+    ``base_out``: ``W0 x`` (the layer's output without its bias); ``direction_out``: ``dW x``; ``factor``:
+    :func:`dora_factor`; ``feature_dim``: the output's channel axis (``-1`` Linear, ``1`` conv). The same
+    decomposition as PEFT's DoRA layer (``(mag_norm_scale - 1) * base + mag_norm_scale * lora``).
+    """
+    shape = [1] * base_out.dim()
+    shape[feature_dim % base_out.dim()] = factor.numel()
+    f = factor.reshape(shape).to(device=base_out.device, dtype=base_out.dtype)
+    return (f - 1) * base_out + f * direction_out.to(base_out.dtype)
+
+
 def magnitude_fits(magnitude: torch.Tensor, shape) -> bool:
     """Whether a DoRA magnitude lies on the output axis (``out`` values) or the input axis of ``shape``."""
     return magnitude.numel() in (shape[0], shape[1] if len(shape) > 1 else -1)

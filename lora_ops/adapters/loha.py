@@ -45,7 +45,12 @@ class LohaWeights(AdapterBase):
         w1a, w1b, w2a, w2b = (tensors[k] for k in need)
         require(name, min(t.dim() for t in (w1a, w1b, w2a, w2b)) >= 2, "LoHa factors must be matrices")
         require(name, w1b.shape[0] > 0, "rank 0")
-        if t1 is None:
+        if t1 is not None or t2 is not None:
+            for t, a, b in ((t1, w1a, w1b), (t2, w2a, w2b)):
+                require(name, t is not None and t.dim() == 4 and a.dim() == 2 and b.dim() == 2
+                        and t.shape[0] == a.shape[0] and t.shape[1] == b.shape[0],
+                        "LoHa Tucker cores (hada_t1, hada_t2) do not join their factors")
+        else:
             require(name, w1a.shape[1] == w1b.shape[0] and w2a.shape[1] == w2b.shape[0],
                     f"LoHa factor ranks disagree ({tuple(w1a.shape)} @ {tuple(w1b.shape)}, "
                     f"{tuple(w2a.shape)} @ {tuple(w2b.shape)})")

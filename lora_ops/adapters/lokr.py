@@ -43,6 +43,16 @@ class LokrWeights(AdapterBase):
         has_w2 = parts["lokr_w2"] is not None or (parts["lokr_w2_a"] is not None and parts["lokr_w2_b"] is not None)
         if not (has_w1 and has_w2):
             return None
+        for p in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"):
+            require(name, parts[p] is None or parts[p].dim() >= 2, f"{p} of shape {tuple(parts[p].shape) if parts[p] is not None else ()} is not a matrix")
+        require(name, parts["lokr_w1"] is None or parts["lokr_w1"].dim() == 2,
+                "lokr_w1 must be a matrix (the Kronecker factor of the weight's first two axes)")
+        t2 = parts["lokr_t2"]
+        if t2 is not None:
+            a, b = parts["lokr_w2_a"], parts["lokr_w2_b"]
+            require(name, a is not None and b is not None and t2.dim() == 4 and a.dim() == 2 and b.dim() == 2
+                    and t2.shape[0] == a.shape[0] and t2.shape[1] == b.shape[0],
+                    "the LoKr Tucker core (lokr_t2) does not join lokr_w2_a and lokr_w2_b")
         pairs = [("lokr_w1_a", "lokr_w1_b")] + ([("lokr_w2_a", "lokr_w2_b")] if parts["lokr_t2"] is None else [])
         for a, b in pairs:
             if parts[a] is not None and parts[b] is not None:

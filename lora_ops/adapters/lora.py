@@ -65,9 +65,17 @@ class LoraWeights(AdapterBase):
             mid = tensors.get(name + mid_sfx) if mid_sfx else None
             if mid is not None:
                 keys.add(name + mid_sfx)
+            if mid is not None:
+                require(name, mid.dim() == 4 and mid.shape[0] == up.shape[1] and mid.shape[1] == down.shape[0],
+                        f"a Tucker core of shape {tuple(mid.shape)} does not join up {tuple(up.shape)} and down "
+                        f"{tuple(down.shape)}")
             reshape = None
             if (rk := f"{name}.reshape_weight") in tensors:
-                reshape = tuple(int(v) for v in tensors[rk].reshape(-1).tolist())
+                values = tensors[rk].reshape(-1).double().tolist()
+                require(name, 1 <= len(values) <= 5 and all(math.isfinite(v) and v == int(v) and 0 < v < 2**31
+                                                            for v in values),
+                        f"reshape_weight {values[:6]} is not a shape")
+                reshape = tuple(int(v) for v in values)
                 keys.add(rk)
             rank = int(down.shape[0])
             require(name, rank > 0, "rank 0 (the down matrix has no rows)")
@@ -162,6 +170,28 @@ class LoraWeights(AdapterBase):
         in_ch = down.shape[1] // max(math.prod(kernel), 1)
         h = layer.apply(x, down.reshape(down.shape[0], in_ch, *kernel))
         return layer.apply(h, up.reshape(*up.shape, *[1] * len(kernel)), geometry=False) * scale
+
+    def bypass_dropped(self, x: torch.Tensor, layer: LayerCall, shape, draw, base=None) -> torch.Tensor:
+        """``scale * up(M_r * M_e * down(x))`` (kohya sd-scripts' LoRA module while training): dropout ``M_e`` on
+        the elements of ``down(x)``, rank dropout ``M_r`` on its ``r`` channels per sample, each scaled by
+        ``1 / (1 - p)``; see :mod:`lora_ops.adapters.dropout`."""
+        up, down, scale = self.low_rank()
+        up, down = up.to(x), down.to(x)
+        if layer.kind == "linear":
+            h = torch.nn.functional.linear(x, down)
+        else:
+            kernel = tuple(shape[2:])
+            in_ch = down.shape[1] // max(math.prod(kernel), 1)
+            h = layer.apply(x, down.reshape(down.shape[0], in_ch, *kernel))
+        elements = draw.element_mask(h)
+        if elements is not None:
+            h = h * elements
+        ranks = draw.rank_mask(h, layer.feature_dim)
+        if ranks is not None:
+            h = h * ranks
+        if layer.kind == "linear":
+            return torch.nn.functional.linear(h, up) * scale
+        return layer.apply(h, up.reshape(*up.shape, *[1] * (h.dim() - 2)), geometry=False) * scale
 
 
 @dataclass

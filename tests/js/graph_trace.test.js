@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { findModelFile } from "../../web/lib/graph_trace.js";
+import { findModelFile, findPromptTargets } from "../../web/lib/graph_trace.js";
 
 function node(type, { inputs = [], outputs = [], widgets = {} } = {}) {
   const n = {
@@ -69,6 +69,17 @@ test("a stack row finds the model of the node that applies the stack", () => {
   assert.equal(findModelFile(row1).name, "sd15.safetensors");
 });
 
+test("a LoRA Lab stack row finds the model through a reroute and another pack's consumer", () => {
+  const ckpt = checkpoint();
+  const row = node("LoraLabStack", { inputs: [["lora_stack", "LORA_LAB_STACK,LORA_STACK"]], outputs: [["lora_stack", "LORA_LAB_STACK"]] });
+  const reroute = node("Reroute", { inputs: [["", "*"]], outputs: [["", "*"]] });
+  const sweep = node("LoraLabSweep", { inputs: [["model", "MODEL"], ["lora_stack", "LORA_LAB_STACK,LORA_STACK"]] });
+  link(row, 0, reroute, 0);
+  link(reroute, 0, sweep, 1);
+  link(ckpt, 0, sweep, 0);
+  assert.equal(findModelFile(row).name, "sd15.safetensors");
+});
+
 test("nothing connected, or a cycle, gives null", () => {
   assert.equal(findModelFile(loader()), null);
   const a = loader();
@@ -78,4 +89,42 @@ test("nothing connected, or a cycle, gives null", () => {
   assert.equal(findModelFile(a), null);
   const lonely = node("LoraLabStack", { outputs: [["lora_stack", "LORA_STACK"]] });
   assert.equal(findModelFile(lonely), null);
+});
+
+// A tiny graph with LiteGraph's link table, for the walk that needs the target input's name.
+function graph() {
+  const g = { links: new Map(), nodes: new Map(), next: 1, getNodeById: (id) => g.nodes.get(id) };
+  return g;
+}
+
+function add(g, type, { inputs = [], outputs = [], widgets = {} } = {}) {
+  const n = node(type, { inputs, outputs, widgets });
+  n.id = g.next++;
+  n.graph = g;
+  g.nodes.set(n.id, n);
+  return n;
+}
+
+function wire(g, from, outSlot, to, inSlot) {
+  const id = g.links.size + 100;
+  g.links.set(id, { origin_id: from.id, origin_slot: outSlot, target_id: to.id, target_slot: inSlot });
+  from.outputs[outSlot].links.push(id);
+  to.inputs[inSlot].link = id;
+}
+
+test("findPromptTargets: the prompts a loader's CLIP feeds, the positive one first", () => {
+  const g = graph();
+  const lora = add(g, "LoraLabLoader", { outputs: [["MODEL", "MODEL"], ["CLIP", "CLIP"]] });
+  const skip = add(g, "CLIPSetLastLayer", { inputs: [["clip", "CLIP"]], outputs: [["CLIP", "CLIP"]] });
+  const neg = add(g, "CLIPTextEncode", { inputs: [["clip", "CLIP"]], outputs: [["CONDITIONING", "CONDITIONING"]], widgets: { text: "blurry" } });
+  const pos = add(g, "CLIPTextEncode", { inputs: [["clip", "CLIP"]], outputs: [["CONDITIONING", "CONDITIONING"]], widgets: { text: "a cat" } });
+  const ks = add(g, "KSampler", { inputs: [["model", "MODEL"], ["positive", "CONDITIONING"], ["negative", "CONDITIONING"]] });
+  wire(g, lora, 1, skip, 0);
+  wire(g, skip, 0, neg, 0);
+  wire(g, skip, 0, pos, 0);
+  wire(g, neg, 0, ks, 2);
+  wire(g, pos, 0, ks, 1);
+  const found = findPromptTargets(lora);
+  assert.deepEqual(found.map((t) => [t.node, t.widget, t.role]), [[pos, "text", "positive"], [neg, "text", "negative"]]);
+  assert.deepEqual(findPromptTargets(pos), []);
 });

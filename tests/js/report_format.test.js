@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { countWarnings, familyFromReport, reportLines, reportTexts } from "../../web/lib/report_format.js";
+import { countWarnings, familyFromReport, reportLines, reportTexts, wrappedLineCount } from "../../web/lib/report_format.js";
 
 // A loader report as lora_ops/report.py writes it, with the block table of lora_ops/blocks.block_table.
 const LOADER_REPORT = `LoRA: sd15_full_kohya.safetensors
@@ -53,4 +53,10 @@ test("reportTexts reads ui.text of an executed message", () => {
   assert.deepEqual(reportTexts({ text: "one" }), ["one"]);
   assert.deepEqual(reportTexts({ images: [] }), []);
   assert.deepEqual(reportTexts(undefined), []);
+});
+
+test("wrappedLineCount: the lines a report takes at a node's width", () => {
+  assert.equal(wrappedLineCount(["targets: 344 of 344 applied (model 272 at strength 1, text encoder 72)", "", "x"], 40), 2 + 1 + 1);
+  assert.equal(wrappedLineCount([], 40), 0);
+  assert.equal(wrappedLineCount(["abc"], 0), 3);
 });

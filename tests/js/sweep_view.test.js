@@ -3,7 +3,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  breakPointKind,
   breakPointText,
+  metricLabel,
   cellAt,
   cellRect,
   cellSummary,
@@ -72,9 +74,9 @@ test("rectPercent places overlays in percent of the image", () => {
 
 test("cellSummary: label, weight, metrics, flags and the break point", () => {
   assert.deepEqual(cellSummary(PAYLOAD, findCell(PAYLOAD, 0, 1)), [
-    "0.5 (a lighthouse)", "weight: 0.5", "clip_score: n/a", "lpips_ref: 0.1235",
+    "0.5 (a lighthouse)", "weight: 0.5", "clip score: n/a", "lpips ref: 0.1235",
   ]);
-  assert.deepEqual(cellSummary(PAYLOAD, findCell(PAYLOAD, 0, 0)), ["no LoRA (a lighthouse)", "weight: none (no LoRA)", "lpips_ref: 0"]);
+  assert.deepEqual(cellSummary(PAYLOAD, findCell(PAYLOAD, 0, 0)), ["no LoRA (a lighthouse)", "weight: none (no LoRA)", "lpips ref: 0"]);
   const bp = cellSummary(PAYLOAD, findCell(PAYLOAD, 0, 2));
   assert.equal(bp.at(-2), "flags: black");
   assert.equal(bp.at(-1), "break point: lpips_ref above 0.5");
@@ -82,9 +84,19 @@ test("cellSummary: label, weight, metrics, flags and the break point", () => {
   assert.deepEqual(cellSummary(PAYLOAD, null), []);
 });
 
-test("breakPointText with and without a break point", () => {
+test("breakPointText with and without a break point; only a found one is shown as a warning", () => {
   assert.equal(breakPointText(PAYLOAD), "break point at weight 1: lpips_ref above 0.5");
   assert.equal(breakPointText({ ...PAYLOAD, break_point: null }), "no break point in this sweep");
+  assert.equal(breakPointKind(PAYLOAD), "found");
+  assert.equal(breakPointKind({ ...PAYLOAD, break_point: null }), "none");
+});
+
+test("the sweep's metrics read as words, in a fixed order", () => {
+  const cell = { row: 0, col: 1, weight: 0.5, label: "0.5", flags: [],
+    metrics: { psnr_ref: 31.25, change_prev: 0.02, change_ref: 0.1 } };
+  assert.deepEqual(cellSummary({ ...PAYLOAD, break_point: null }, cell).slice(2), [
+    "change vs no LoRA (1 - SSIM): 0.1", "change vs previous weight (1 - SSIM): 0.02", "PSNR vs no LoRA (dB): 31.25"]);
+  assert.equal(metricLabel("some_new_metric"), "some new metric");
 });
 
 test("formatNumber", () => {
