@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .errors import LoraLabError
 from .layers import LayerCall
 from .merge import PatchEntry
+from .numerics import overflow_limit
 
 # weight key -> fp32 base weight (for the kinds whose delta depends on it, and DoRA)
 BaseLookup = Callable[[str], torch.Tensor]
@@ -206,8 +207,7 @@ def merge_overflow_weights(base: torch.Tensor, delta: torch.Tensor, dtype: torch
     when none). Rounding to infinity happens at ``max + ulp(max) / 2`` (65520 for fp16). Used by the
     sweep to say at which weight merging this LoRA into a half-precision model would make NaNs.
     """
-    info = torch.finfo(dtype)
-    limit = info.max + info.eps * 2.0 ** math.floor(math.log2(info.max)) / 2
+    limit = overflow_limit(dtype)
     b, d = base.double().flatten(), delta.double().flatten()
     nz = d != 0
     if not bool(nz.any()):

@@ -33,4 +33,4 @@ class NonFiniteError(LoraLabError):
 
 
 class OverflowRiskError(LoraLabError):
-    """W + dW does not fit the weight's dtype (fp16 tops out at 65504): it would render black."""
+    """W + dW does not fit the weight's dtype (fp16 values of 65520 and more become inf): it would render black."""

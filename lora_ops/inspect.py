@@ -10,9 +10,9 @@ line (``python -m lora_ops.inspect FILE [FILE...] [--json]``, run from the pack'
 * its training metadata (kohya ``ss_*``, ``modelspec.*``, LyCORIS, PEFT adapter config) in readable form,
   with the most frequent caption tags of ``ss_tag_frequency``;
 * health, per layer: NaN/Inf; all-zero deltas; stored values or delta values beyond fp16's largest
-  value (|x| > 65504); values that underflow fp16 (non-zero values with |x| <= 2^-25, which round to 0),
+  value (|x| >= 65520, which becomes inf: :mod:`lora_ops.numerics`); values that underflow fp16 (non-zero values with |x| <= 2^-25, which round to 0),
   flagged when at least :data:`UNDERFLOW_SHARE` of a layer's non-zero values do; and, given the model's
-  base weights, the largest |W + dW| per block against 65504 (the black-image case, field-notes §6);
+  base weights, the largest |W + dW| per block against that limit (the black-image case);
 * per-block energy: the Frobenius norm of each block's delta, ``sqrt(sum over its targets of
   ||dW||_F^2)`` at strength 1, over the block map of :mod:`lora_ops.blocks`;
 * against a model (a :class:`~lora_ops.plan.LoraPlan`): targets matched and unmatched, and a verdict:
@@ -52,11 +52,9 @@ from .errors import LoraLabError, NonFiniteError
 from .families import family_label
 from .keymap import KeyIndex, canonical_name
 from .merge import PatchEntry, factors_finite, target_view
+from .numerics import FP16_MAX, FP16_OVERFLOW, FP16_UNDERFLOW
 from .plan import LoadedLora, LoraPlan, load_lora, plan_lora
 
-FP16_MAX = 65504.0
-FP16_UNDERFLOW = 2.0 ** -25
-"""Non-zero values at or below this magnitude round to 0 in fp16 (half the smallest subnormal, ties to even)."""
 UNDERFLOW_SHARE = 0.01
 """A layer is flagged for fp16 underflow when at least this share of its non-zero values would become 0."""
 TOP_TAGS = 12
@@ -73,9 +71,9 @@ _ALGO_ORDER = ("lora", "locon", "loha", "lokr", "oft", "boft", "glora", "full", 
 FINDING_TEXT = {
     "nonfinite": "NaN/Inf",
     "zero": "all-zero delta",
-    "file_overflow": "stored values beyond fp16 (|x| > 65504)",
-    "delta_overflow": "delta values beyond fp16 (|dW| > 65504)",
-    "merged_overflow": "W + dW beyond fp16 (|W + dW| > 65504): renders black in fp16",
+    "file_overflow": "stored values beyond fp16 (|x| >= 65520: inf in fp16)",
+    "delta_overflow": "delta values beyond fp16 (|dW| >= 65520: inf in fp16)",
+    "merged_overflow": "W + dW beyond fp16 (|W + dW| >= 65520: inf in fp16): renders black in fp16",
     "file_underflow": "stored values that become 0 in fp16",
     "delta_underflow": "delta values that become 0 in fp16",
     "error": "delta could not be formed",
@@ -580,7 +578,7 @@ def _analyse_target(t: _Target, base: torch.Tensor | None, findings: list[LayerF
         flag("nonfinite", "in the stored values")
         return None
     stored_max = max((float(s.abs().max()) for s in stored if s.numel()), default=0.0)
-    if stored_max > FP16_MAX:
+    if stored_max >= FP16_OVERFLOW:
         flag("file_overflow", f"(max {stored_max:.4g})")
     under = [_underflow_share(s.abs().float()) for s in stored if s.dtype != torch.float16]
     count = sum(u[0] for u in under)
@@ -607,7 +605,7 @@ def _analyse_target(t: _Target, base: torch.Tensor | None, findings: list[LayerF
     amax = float(a.max()) if a.numel() else 0.0
     if amax == 0.0:
         flag("zero")
-    if amax > FP16_MAX:
+    if amax >= FP16_OVERFLOW:
         flag("delta_overflow", f"(max {amax:.4g})")
     count, share = _underflow_share(a)
     if count and share >= UNDERFLOW_SHARE:
@@ -616,7 +614,7 @@ def _analyse_target(t: _Target, base: torch.Tensor | None, findings: list[LayerF
     merged_max = None
     if base is not None:
         merged_max = float((base + delta.reshape(base.shape)).abs().max()) if base.numel() else 0.0
-        if merged_max > FP16_MAX:
+        if merged_max >= FP16_OVERFLOW:
             flag("merged_overflow", f"(max |W + dW| {merged_max:.4g})")
     return energy, merged_max
 
@@ -753,9 +751,9 @@ def render_chart(inspection: Inspection, *, width: int = 760):
         parts.append(chart.bar_chart(bars, title=title, width=width))
     if any(f.kind == "merged_overflow" for f in inspection.findings or ()):
         bars = [chart.Bar(e.block, e.max_merged, chart.compact_number(e.max_merged),
-                          chart.HIGHLIGHT if e.max_merged > FP16_MAX else None)
+                          chart.HIGHLIGHT if e.max_merged >= FP16_OVERFLOW else None)
                 for e in inspection.energy or () if e.max_merged is not None]
-        parts.append(chart.bar_chart(bars, title=f"largest |W + dW| per block (fp16 max {FP16_MAX:g}; red: "
+        parts.append(chart.bar_chart(bars, title=f"largest |W + dW| per block (fp16 max {FP16_MAX:g}, inf from {FP16_OVERFLOW:g}; red: "
                                                  "renders black in fp16)", width=width))
     if inspection.ranks_vary:
         ranks = sorted((r, n) for r, n in inspection.ranks.items() if r is not None)

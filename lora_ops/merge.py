@@ -25,7 +25,7 @@ way the host does, and swapped in; the original tensor is the backup. A weight a
 BFL's Flux control LoRAs) is zero-padded to the new shape, merged and swapped in the same way.
 
 Peak extra memory is one layer's worth (plus, on the fused path, the element records). A merged
-half-precision weight that is no longer finite (fp16 stops at 65504) is restored at once and
+half-precision weight that is no longer finite (fp16 values of 65520 and more become inf) is restored at once and
 reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
 """
 
@@ -42,8 +42,8 @@ from .adapters import Adapter, RowTerm, effective_delta, low_rank_in_layout
 from .adapters.lora import LowRankRows
 from .errors import NonFiniteError, OverflowRiskError, ShapeMismatchError
 from .keymap import Target
+from .numerics import HALF_DTYPES, overflow_limit
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -209,22 +209,16 @@ def _as_2d_view(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def _rounds_to_finite(t: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether every value of ``t`` is finite once stored as ``dtype`` (one ``aminmax`` pass).
-
-    A value rounds to infinity when its magnitude reaches ``max + ulp(max) / 2`` of the target dtype
-    (65520 for fp16); NaN propagates through ``aminmax``.
-    """
+    """Whether every value of ``t`` is finite once stored as ``dtype`` (one ``aminmax`` pass; the limit is
+    :func:`~lora_ops.numerics.overflow_limit`, 65520 for fp16; NaN propagates through ``aminmax``)."""
     if t.numel() == 0:
         return True
     lo, hi = torch.aminmax(t)
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return False
-    if dtype in HALF_DTYPES:
-        info = torch.finfo(dtype)
-        limit = info.max + info.eps * 2.0 ** (math.floor(math.log2(info.max))) / 2
-        return -limit < lo and hi < limit
-    return True
+    limit = overflow_limit(dtype)
+    return -limit < lo and hi < limit
 
 
 def _merge_one(view: torch.Tensor, base: torch.Tensor | None, entries: list[PatchEntry]) -> bool:

@@ -22,7 +22,6 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import latent_preview
-import numpy as np
 import torch
 from PIL import Image
 
@@ -30,7 +29,8 @@ from ..lora_ops import family_label
 from ..lora_ops.batched import BatchedDelta, overflow_weights, prepare_deltas
 from ..lora_ops.blocks import block_notes
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.merge import HALF_DTYPES, PatchEntry
+from ..lora_ops.merge import PatchEntry
+from ..lora_ops.numerics import HALF_DTYPES, to_uint8
 from ..lora_ops.plan import LoadedLora
 from ..lora_ops.stack import LoraStack
 from ..lora_ops.sweep import (AXES, BREAK_RULE, Cell, SweepInputError, break_point, check_budget, compose_grid,
@@ -552,8 +552,7 @@ def _placeholder(height: int, width: int) -> torch.Tensor:
 
 def _pil(image: torch.Tensor) -> Image.Image:
     """8-bit pixels converted exactly as core ``SaveImage`` converts them (so a cell equals its saved image)."""
-    arr = np.clip(255.0 * torch.nan_to_num(image, nan=0.0).cpu().numpy(), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+    return Image.fromarray(to_uint8(image))
 
 
 NODE_CLASS_MAPPINGS = {"LoraLabSweep": LoraLabSweep}

@@ -25,7 +25,7 @@ from testkit import models
 from testkit.host import import_pack
 
 pack = import_pack()
-from lora_lab.lora_ops import blocks  # noqa: E402
+from lora_lab.lora_ops import blocks, presets  # noqa: E402
 from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
 from lora_lab.lora_ops.presets import DOCUMENTED_VECTORS  # noqa: E402
 
@@ -537,12 +537,12 @@ def test_user_preset_loop_names_itself():
         parse("loop", "sd1", user_presets={"LOOP": "loop"})
 
 
-def test_blocks_module_is_host_free():
-    source = Path(blocks.__file__).read_text()
-    nodes = list(ast.walk(ast.parse(source)))
-    imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
-    imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
-    assert "comfy" not in imported and "folder_paths" not in imported
+def test_blocks_package_is_host_free():
+    for path in Path(blocks.__file__).parent.glob("*.py"):
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom)}
+        assert "comfy" not in imported and "folder_paths" not in imported, path.name
 
 
 # --- Inspire Pack: presets, the file-order reading, preset files ----------------------------------------
@@ -659,8 +659,8 @@ def test_inspire_text_forms_and_errors(sd15_keys):
     assert parse("# from Inspire\n  INSPIRE :MYNAME:" + ",".join(["1"] * 12 + ["0"] * 5), "sd1").for_targets(
         keys).vector == plain.vector
     preset = parse("inspire: SD-INALL", "sd1").for_targets(keys)
-    raw = parse("inspire: " + blocks.INSPIRE_PRESETS[4].vector, "sd1").for_targets(keys)
-    assert blocks.INSPIRE_PRESETS[4].name == "SD-INALL" and preset.vector == raw.vector
+    raw = parse("inspire: " + presets.INSPIRE_PRESETS[4].vector, "sd1").for_targets(keys)
+    assert presets.INSPIRE_PRESETS[4].name == "SD-INALL" and preset.vector == raw.vector
     # named entries after the vector override it, by the model's blocks
     over = parse("inspire: SD-INALL, OUT05=0.5, IN04.attn=0", "sd1").for_targets(keys)
     assert over.vector["OUT05"] == 0.5 and over.vector["IN05"] == raw.vector["IN05"]
@@ -874,3 +874,14 @@ def test_worst_texts_within_the_limits_stay_fast(sd15_keys):
             blocks.block_table(w, [(k, True) for k in targets])
         err, seconds = _timed(work)
         assert err is None and seconds < 3.0, (text[:40], err, seconds)
+
+
+def test_family_labels_and_block_maps_are_one_fact():
+    """Labels live in lora_ops.families only; the SDXL refiner is a family of its own whose blocks follow the
+    general rule (its UNet layout), named the same way everywhere."""
+    from lora_lab.lora_ops import families
+
+    assert all(blocks.FAMILY_LABELS[k] == families.family_label(k) for k in blocks.FAMILY_LABELS)
+    assert families.family_label("sdxl-refiner") == "SDXL refiner"
+    assert blocks.normalize_family("sdxl-refiner") == "general"
+    assert families.family_key(["SDXLRefiner"]) == "sdxl-refiner"

@@ -319,3 +319,16 @@ def test_fp16_overflow_boundary_is_exact(total, overflows):
     else:
         ops.apply_patches({"w": w}, [entry])
         assert w.item() == 65504.0
+
+
+def test_numeric_facts_live_in_one_place():
+    """fp16's overflow limit is where a value becomes inf (65520), for the merge, the sweep and the
+    inspector alike; 8-bit pixels are truncated as SaveImage writes them."""
+    import numpy as np
+
+    from lora_ops import numerics
+
+    assert numerics.FP16_OVERFLOW == 65520.0 and numerics.FP16_MAX == 65504.0
+    assert torch.tensor(65519.9).half().isfinite() and not torch.tensor(numerics.FP16_OVERFLOW).half().isfinite()
+    assert numerics.overflow_limit(torch.bfloat16) == float("inf") or numerics.overflow_limit(torch.bfloat16) > 3e38
+    assert numerics.to_uint8(np.array([0.0, 0.999, 1.0, 2.0, float("nan"), 0.5039])).tolist() == [0, 254, 255, 255, 0, 128]

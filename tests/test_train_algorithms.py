@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from testkit import models
-from testkit.host import import_pack, use_model_dirs
+from testkit.host import import_pack
 from testkit.small_vae import small_vae
+from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
 
 import_pack()
 
@@ -55,10 +56,8 @@ LAYERS = {"linear": lambda: torch.nn.Linear(12, 8), "conv1x1": lambda: torch.nn.
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def layer_input(module: torch.nn.Module, batch: int = 3) -> torch.Tensor:
@@ -213,7 +212,10 @@ def test_lycoris_dora_with_rank_dropout_trains_another_layer_than_it_saves(rank_
         saved = lyco(x)
         lyco.train()
         torch.manual_seed(0)  # LyCORIS draws its masks from the global generator
-        mean = sum(lyco(x) for _ in range(3000)) / 3000
+        draws = [lyco(x) for _ in range(3000)]
+    # (with rank_dropout_scale a draw that drops every row divides by a kept fraction of 0: NaN; left out here)
+    finite = [d for d in draws if torch.isfinite(d).all()]
+    mean = sum(finite) / len(finite)
     assert float((mean - saved).norm() / (saved - base).norm()) > LYCORIS_BIAS
 
 
@@ -237,19 +239,8 @@ def small():
 
 @pytest.fixture
 def loras(tmp_path):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    with use_model_dirs(loras_dir=folder):
+    with loras_folder(tmp_path) as folder:
         yield folder
-
-
-def images() -> torch.Tensor:
-    imgs = torch.zeros(2, 64, 64, 3)
-    imgs[0, :, :32, 0] = 1
-    imgs[0, :, 32:, 2] = 1
-    imgs[1, :32, :, 1] = 1
-    imgs[1, 32:, :, :] = 0.5
-    return imgs
 
 
 def train(small, **kw):
@@ -259,7 +250,7 @@ def train(small, **kw):
     base.update(kw)
     resume_from = base.pop("resume_from", "none")
     with torch.inference_mode():
-        plan = prepare(patcher, TrainSettings(**base), images=images(), captions="zxq style, red\nzxq style, grey",
+        plan = prepare(patcher, TrainSettings(**base), images=pattern_images(), captions="zxq style, red\nzxq style, grey",
                        clip=clip, resume_from=resume_from)
         return train_and_report(patcher, clip, vae, plan)
 
@@ -357,7 +348,7 @@ def test_fp16_training_scales_the_loss_and_resumes_exactly(small, loras):
     common = dict(training_dtype="fp16", algorithm="lokr", dora=True, rank_dropout=0.3, steps=4, preview_every=0)
     _, full = train(small, output_name="full16", **common)
     assert all(torch.isfinite(torch.tensor(full.losses)))
-    _, half = train(small, output_name="cut16", **{**common, "steps": 2})
+    train(small, output_name="cut16", **{**common, "steps": 2})
     _, resumed = train(small, output_name="resumed16", resume_from="cut16.safetensors", **common)
     assert resumed.losses == full.losses[2:]
     with safe_open(str(state_path_for(full.saved.path)), framework="pt") as f:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from testkit import models
 from testkit.host import import_pack, use_model_dirs
 from testkit.small_vae import small_vae
+from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
 
 import_pack()
 
@@ -41,10 +42,8 @@ RESUME_RTOL = 1e-6         # 2N steps vs N + resume + N: max |diff| / max |value
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +54,12 @@ def small():
     return patcher, clip, vae
 
 
-def pattern_images() -> torch.Tensor:
-    """Two 64x64 images with large flat regions (easy to overfit, unlike noise)."""
-    imgs = torch.zeros(2, 64, 64, 3)
-    imgs[0, :, :32, 0] = 1
-    imgs[0, :, 32:, 2] = 1
-    imgs[1, :32, :, 1] = 1
-    imgs[1, 32:, :, :] = 0.5
-    return imgs
-
-
 CAPTIONS = "zxq style, red, blue\nzxq style, green, grey"
 
 
 @pytest.fixture
 def loras(tmp_path):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    with use_model_dirs(loras_dir=folder):
+    with loras_folder(tmp_path) as folder:
         yield folder
 
 

@@ -207,6 +207,9 @@ def history_count(server) -> int:
 def run_from_page(page, server=None) -> None:
     """Press the page's Run button; with ``server``, wait until the prompt finished and the page has drawn it."""
     before = history_count(server) if server is not None else None
+    # toasts (the page's own, e.g. "Updated" after a list refresh) sit over the Run button for a few seconds
+    page.evaluate("() => document.querySelectorAll('.p-toast-message .p-toast-close-button').forEach((b) => b.click())")
+    page.wait_for_timeout(300)
     page.locator("[data-testid='queue-button']").get_by_role("button", name="Run", exact=True).click()
     if server is None:
         return
@@ -235,6 +238,11 @@ def bring_into_view(page, selector: str) -> None:
           app.canvas.setDirty(true, true);
         }""", selector)
         page.wait_for_timeout(300)
+
+
+def saved_workflow(page) -> dict:
+    """The workflow as the page saves it (JSON: what is undefined in the page is left out, not null)."""
+    return json.loads(page.evaluate("() => JSON.stringify(app.graph.serialize())"))
 
 
 def rect(page, selector: str) -> dict:
@@ -330,7 +338,7 @@ def test_a_node_is_added_from_the_search_box(page):
       n.widgets.find((w) => w.name === 'block_weights').value = 'OUT*=0';
       n.widgets.find((w) => w.name === 'strength_model').value = 0.7;
     }""", node_id)
-    page.evaluate("async () => app.loadGraphData(app.graph.serialize())")
+    page.evaluate("async () => app.loadGraphData(JSON.parse(JSON.stringify(app.graph.serialize())))")
     page.wait_for_function("() => app.graph.nodes.some((n) => n.type === 'LoraLabLoader')")
     again = page.evaluate(NODE_ID, "LoraLabLoader")
     assert page.evaluate(WIDGET_VALUE, [again, "block_weights"]) == "OUT*=0"
@@ -469,6 +477,7 @@ def test_the_sweep_viewer_shows_the_grid(page, page_run):
 def check_sweep_viewer(page, node_id: int, renderer: str) -> None:
     """Grid, hover, pin and break outline of the sweep viewer of ``node_id``, in either renderer."""
     viewer = page.locator(f"[data-lora-lab-sweep][data-node-id='{node_id}']")
+    page.evaluate(SHOW_NODE, node_id)  # the classic renderer shows DOM widgets of nodes on screen only
     viewer.wait_for(state="visible", timeout=30_000)
     bring_into_view(page, f"[data-lora-lab-sweep][data-node-id='{node_id}']")
     image = viewer.locator("img")
@@ -533,16 +542,15 @@ def check_sweep_viewer(page, node_id: int, renderer: str) -> None:
 
 def test_trigger_words_show_on_the_loaders_and_go_into_the_prompt(page, page_run):
     ids = page_run["ids"]
-    chips = page.locator(f"[data-node-id='{ids['loader']}'][data-lora-lab-triggers] button, "
-                         f"[data-lora-lab-triggers][data-lora='sd15_full_kohya.safetensors'] button")
-    assert chips.first.is_visible()
-    assert page.locator("[data-lora-lab-triggers] button").all_inner_texts()[:2] == TRIGGERS
-    # the loader's CLIP goes through the multi loader to both prompts; the positive one gets the word
     page.evaluate(SHOW_NODE, ids["loader"])
-    page.locator("[data-lora-lab-triggers] button[data-trigger='zxq style']").first.click()
+    chips = page.locator(f"[data-lora-lab-triggers][data-node-id='{ids['loader']}'] button")
+    chips.first.wait_for(state="visible", timeout=10_000)
+    assert chips.all_inner_texts() == TRIGGERS
+    # the loader's CLIP goes through the multi loader to both prompts; the positive one gets the word
+    chips.first.click()
     assert page.evaluate(WIDGET_VALUE, [ids["positive"], "text"]) == "a lighthouse, zxq style"
     assert page.evaluate(WIDGET_VALUE, [ids["negative"], "text"]) == "blurry"
-    page.locator("[data-lora-lab-triggers] button[data-trigger='zxq style']").first.click()  # not twice
+    chips.first.click()  # not twice
     assert page.evaluate(WIDGET_VALUE, [ids["positive"], "text"]) == "a lighthouse, zxq style"
     shot(page, "15-trigger-words")
     # the multi loader's rows show the words of their LoRA too (its switched-off kohya row)
@@ -558,6 +566,8 @@ def test_multi_loader_rows_in_the_classic_renderer(page, page_run):
 def check_multi_loader(page, node_id: int, renderer: str) -> None:
     """Add, switch off, reorder, edit and remove rows; the node's loras text follows every edit."""
     rows = "[data-lora-lab-rows]"
+    page.evaluate(SHOW_NODE, node_id)
+    page.locator(rows).first.wait_for(state="visible", timeout=10_000)
     bring_into_view(page, rows)
     node_rows = page.locator(rows).filter(has=page.locator("[data-role=add]")).nth(0)
     page.wait_for_timeout(300)
@@ -602,22 +612,33 @@ def check_multi_loader(page, node_id: int, renderer: str) -> None:
 def test_reports_and_the_grid_survive_a_reload_and_a_cached_run(page, web_host, page_run):
     server, _, _ = web_host
     ids = page_run["ids"]
-    workflow = page.evaluate("() => app.graph.serialize()")
+    workflow = saved_workflow(page)
     page.reload()
     wait_ready(page)
     set_renderer(page, False)
     page.evaluate("async (w) => app.loadGraphData(w)", workflow)
     page.wait_for_function("(id) => app.graph.getNodeById(id)", arg=ids["loader"])
+
+    def shown(node_id: int, kind: str = "report"):
+        page.evaluate(SHOW_NODE, node_id)  # the classic renderer shows DOM widgets of nodes on screen only
+        element = page.locator(f"[data-lora-lab-{kind}][data-node-id='{node_id}']")
+        element.wait_for(state="visible", timeout=10_000)
+        return element
+
     for node_id in (ids["loader"], ids["multi"], ids["inspect"]):
-        report = page.locator(f"[data-lora-lab-report][data-node-id='{node_id}']")
-        report.wait_for(state="visible", timeout=10_000)
-        assert report.locator(".ll-note").inner_text() == "(report of the last run)"
-    assert page.locator(f"[data-lora-lab-sweep][data-node-id='{ids['sweep']}'] img").is_visible() or True
+        assert shown(node_id).locator(".ll-note").inner_text() == "(report of the last run)"
+    assert shown(ids["sweep"], "sweep").locator("img").is_visible()
     heights = page.evaluate("(ids) => ids.map((id) => app.graph.getNodeById(id).size[1])", [ids["loader"], ids["multi"]])
     run_from_page(page, server)  # everything comes from ComfyUI's cache: no report is sent for the loaders
     for node_id in (ids["loader"], ids["multi"], ids["inspect"]):
-        assert page.locator(f"[data-lora-lab-report][data-node-id='{node_id}']").is_visible()
-    assert page.evaluate("(ids) => ids.map((id) => app.graph.getNodeById(id).size[1])", [ids["loader"], ids["multi"]]) == heights
+        assert "LoRA" in shown(node_id).inner_text()
+    after = page.evaluate("(ids) => ids.map((id) => app.graph.getNodeById(id).size[1])", [ids["loader"], ids["multi"]])
+    assert all(h <= a <= h + 40 for h, a in zip(heights, after)), (heights, after)  # the rows' trigger words may add a line
+    boxes = page.evaluate(NODE_BOXES)
+    for a, box_a in boxes.items():
+        for b, box_b in boxes.items():
+            if a < b and (a, b) not in page_run["overlapping_before"]:
+                assert not boxes_overlap(box_a, box_b), (a, b, box_a, box_b)
     page.evaluate(SHOW_NODE, ids["loader"])
     page.wait_for_timeout(300)
     shot(page, "17-after-reload-and-cached-run")
@@ -630,11 +651,11 @@ def test_merge_and_train_seeds_have_no_control_and_old_workflows_load(page, web_
     names = page.evaluate("(id) => app.graph.getNodeById(id).widgets.map((w) => w.name)", merge)
     assert "seed" in names and "control_after_generate" not in names
     # a workflow saved before the change: "randomize" right after the seed
-    old = page.evaluate("(id) => app.graph.getNodeById(id).serialize()", merge)
+    old = json.loads(page.evaluate("(id) => JSON.stringify(app.graph.getNodeById(id).serialize())", merge))
     values = old["widgets_values"]
     at = names.index("seed")
     old["widgets_values"] = values[:at + 1] + ["randomize"] + values[at + 1:]
-    workflow = page.evaluate("() => app.graph.serialize()")
+    workflow = saved_workflow(page)
     workflow["nodes"] = [old if n["id"] == merge else n for n in workflow["nodes"]]
     page.evaluate("async (w) => app.loadGraphData(w)", workflow)
     page.wait_for_function("(id) => app.graph.getNodeById(id)", arg=merge)
@@ -823,4 +844,4 @@ def page_run(page, web_host):
     page.locator(f"[data-lora-lab-report][data-node-id='{ids['bake']}']").wait_for(state="visible", timeout=60_000)
     page.locator(f"[data-lora-lab-sweep][data-node-id='{ids['sweep']}']").wait_for(state="attached", timeout=60_000)
     return {"ids": ids, "bake": bake, "overlapping_before": overlapping, "seconds": time.monotonic() - started,
-            "workflow": page.evaluate("() => app.graph.serialize()")}
+            "workflow": saved_workflow(page)}

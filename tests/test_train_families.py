@@ -1,0 +1,174 @@
+"""LoraLabTrain on small models of every family it trains besides SD1.x, in the real host, through the models'
+own forward and ComfyUI's sampler: SDXL (CLIP-L + CLIP-G, pooled text and size/crop conditioning), Flux
+(CLIP-L + T5, guidance input, 16-channel latents), Chroma (T5, 16-channel latents) and Z-Image (Qwen3).
+
+Models from :mod:`testkit.families`, text encoders from :mod:`testkit.small_text` (ComfyUI's own classes,
+reduced configs), VAEs from :mod:`testkit.small_vae`. Each run is a few steps at 64x64 on one thread,
+seeded: the same settings give the same adapter bit for bit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from testkit.families import small_family_model
+from testkit.host import import_pack
+from testkit.small_text import small_family_clip
+from testkit.small_vae import small_taesd, small_vae
+from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
+
+import_pack()
+
+import comfy.lora  # noqa: E402
+import comfy.utils  # noqa: E402
+
+from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
+from lora_lab.nodes import sampling, train_host  # noqa: E402
+from lora_lab.nodes.train import prepare, train_and_report  # noqa: E402
+from lora_lab.train.checkpoint import state_path_for  # noqa: E402
+from lora_lab.train.host_api import ImageSize  # noqa: E402
+from lora_lab.train.parity import image_difference  # noqa: E402
+from lora_lab.train.session import targets_for  # noqa: E402
+from lora_lab.train.settings import TrainSettings  # noqa: E402
+
+PARITY_LEVELS = 1    # saved file (both loaders) vs the live preview, 8-bit levels (measured: at most 1)
+CHANGED_LEVELS = 4   # the trained adapter moves the preview by more than this from the model's own image
+
+# family -> (text encoders trained with it, file-name prefixes of its layers, modelspec architecture)
+FAMILIES = {
+    "sdxl": ("clip_l, clip_g", ("lora_unet_", "lora_te1_", "lora_te2_"), "stable-diffusion-xl-v1-base/lora"),
+    "flux": ("t5xxl", ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te2_"), "flux-1-dev/lora"),
+    "chroma": ("", ("lora_unet_double_blocks_", "lora_unet_single_blocks_"), "Chroma/lora"),
+    "z_image": ("qwen3_4b", ("lora_unet_layers_", "lora_unet_noise_refiner_", "text_encoders.qwen3_4b."),
+                "ZImage/lora"),
+}
+# family -> (target_blocks in the family's block syntax, the only layers it may select)
+BLOCKS = {"sdxl": ("OUT*=1, *=0", "output_blocks."), "flux": ("S*=1, *=0", "single_blocks."),
+          "chroma": ("D01=1, *=0", "double_blocks.1."), "z_image": ("NR00=1, *=0", "noise_refiner.0.")}
+
+_BUILT: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+def family(name: str):
+    """``(model, clip, vae)`` of the small ``name`` family, built once per session."""
+    if name not in _BUILT:
+        with torch.inference_mode():
+            vae = small_vae() if name == "sdxl" else small_taesd(16)
+            _BUILT[name] = (small_family_model(name), small_family_clip(name), vae)
+    return _BUILT[name]
+
+
+@pytest.fixture
+def loras(tmp_path):
+    with loras_folder(tmp_path) as folder:
+        yield folder
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(output_name="t", rank=4, alpha=4.0, steps=3, learning_rate=5e-2, resolution=64, preview_every=3,
+                preview_prompt="zxq style", preview_seed=2, preview_steps=2)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def run(name: str, s: TrainSettings):
+    model, clip, vae = family(name)
+    with torch.inference_mode():
+        plan = prepare(model, s, images=pattern_images(), captions="zxq style, red\nzxq style, grey", clip=clip)
+        return train_and_report(model, clip, vae, plan)
+
+
+def master(path) -> dict[str, torch.Tensor]:
+    with safe_open(str(state_path_for(path)), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("master.")}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_trains_and_the_saved_file_reproduces_the_preview(name, loras):
+    encoders, prefixes, architecture = FAMILIES[name]
+    out, result = run(name, settings(output_name=name, text_encoders=encoders))
+    assert all(torch.isfinite(torch.tensor(result.losses))) and len(result.losses) == 3
+
+    live, lab, core = result.final_preview, result.parity["lora_lab"], result.parity["core"]
+    assert image_difference(lab, live).max_levels <= PARITY_LEVELS
+    assert image_difference(core, live).max_levels <= PARITY_LEVELS
+    assert result.parity["core_keys"] == len(result.targets)
+    model, clip, vae = family(name)
+    own = train_host.render(model, vae, sampling.encode_prompt(clip, "zxq style"), sampling.encode_prompt(clip, ""),
+                            seed=2, steps=2, latent_shape=train_host.latent_shape(model, vae, 64, 64))
+    assert image_difference(own, live).max_levels > CHANGED_LEVELS
+
+    with safe_open(str(result.saved.path), framework="pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    modules = {k.rsplit(".", 2)[0] for k in keys if k.endswith(".lora_up.weight")}
+    assert len(modules) == len(result.targets)
+    assert all(any(m.startswith(p) for m in modules) for p in prefixes), sorted(modules)[:5]
+    assert meta["modelspec.architecture"] == architecture
+    # core reads every layer of the file, the text encoders' included
+    sd = comfy.utils.load_torch_file(str(result.saved.path), safe_load=True)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    assert len(comfy.lora.load_lora(sd, key_map)) == len(result.targets)
+
+    # seeded: the same settings without previews train the same adapter bit for bit
+    _, again = run(name, settings(output_name=f"{name}_again", text_encoders=encoders, preview_every=0))
+    a, b = master(result.saved.path), master(again.saved.path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.losses == result.losses
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_selection_uses_the_familys_block_syntax(name, loras):
+    syntax, prefix = BLOCKS[name]
+    model, clip, vae = family(name)
+    with torch.inference_mode():
+        plan = prepare(model, settings(targets="block selection", target_blocks=syntax), images=pattern_images(),
+                       captions="a\nb")
+        hm = train_host.ComfyTrainHost().load(model, clip, vae)
+        targets = targets_for(hm, plan)
+    assert targets and all(t.name.startswith(prefix) for t in targets), [t.name for t in targets][:5]
+
+
+def test_sdxl_gets_each_images_size_and_crop_conditioning():
+    """The size conditioning the training forward passes equals ``SDXL.encode_adm`` called directly."""
+    model, clip, vae = family("sdxl")
+    with torch.inference_mode():
+        hm = train_host.ComfyTrainHost().load(model, clip, vae)
+        cond = hm.encode_caption("zxq style")
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        sigma = torch.tensor([1.0])
+        size = ImageSize(original=(96, 64), crop=(0, 16), target=(64, 64))
+        ours = hm.denoise(x, sigma, [cond], [size])
+        adm = model.model.encode_adm(pooled_output=cond[0][1]["pooled_output"], width=96, height=64, crop_w=16,
+                                     crop_h=0, target_width=64, target_height=64)
+        reference = model.model.apply_model(x, sigma, c_crossattn=cond[0][0], y=adm)
+        other = hm.denoise(x, sigma, [cond], [ImageSize(original=(64, 64), crop=(0, 0), target=(64, 64))])
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert not torch.allclose(ours, other, atol=1e-4)
+
+
+def test_unknown_text_encoder_is_named(loras):
+    model, clip, _ = family("flux")
+    with pytest.raises(LoraLabError, match="clip_g.*name some of: clip_l, t5xxl"):
+        prepare(model, settings(text_encoders="clip_g"), images=pattern_images(), captions="a\nb", clip=clip)
+
+
+def test_gradient_checkpointing_is_exact_on_blocks_that_update_in_place(loras):
+    """ComfyUI's Flux blocks add to their activations in place (``img += ...``): checkpointed, they must still
+    give the gradients of the plain run (torch's own checkpoint gives other ones here: it recomputes into
+    tensors the block then changes)."""
+    common = dict(steps=2, preview_every=0, algorithm="locon", targets="all linear and conv", rank_dropout=0.3,
+                  dropout=0.1)
+    _, plain = run("flux", settings(output_name="plain", **common))
+    _, ckpt = run("flux", settings(output_name="ckpt", gradient_checkpointing=True, **common))
+    a, b = master(plain.saved.path), master(ckpt.saved.path)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if k.endswith(".up"))
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
