@@ -1,7 +1,7 @@
 """The loader's plain-text report: what the file is and what was applied.
 
 The description of the file (format, algorithm, rank/alpha, family) comes from the inspector's
-analysis (:func:`lora_ops.inspect.inspect_lora`, without the per-weight pass), so the loader and
+analysis (:func:`lora_ops.inspection.inspect_lora`, without the per-weight pass), so the loader and
 ``LoraLabInspect`` never disagree about what a file is.
 """
 
@@ -17,8 +17,7 @@ def load_report(lora: LoadedLora, plan: LoraPlan, *, model_family: str | None, s
     """The report: what the file is, what it was made for, the model (``model_name``, default the
     family's label), and how many of the weights it patches were applied (a module's weight and its
     bias delta count as two: each is a weight patched)."""
-    # imported here so that `python -m lora_ops.inspect` does not find its module already imported
-    from .inspect import inspect_lora
+    from .inspection import inspect_lora  # the inspection package imports this module's neighbours
 
     info = inspect_lora(lora, plan=plan, model_family=model_family, analyse_weights=False)
     lines = [f"LoRA: {lora.name}", *info.summary_lines(), f"model: {model_name or family_label(model_family)}"]

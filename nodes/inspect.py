@@ -8,7 +8,7 @@ import folder_paths
 import torch
 
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.inspect import inspect_lora, plan_for_inspection, render_chart
+from ..lora_ops.inspection import inspect_lora, plan_for_inspection, render_chart
 from ..lora_ops.plan import LoadedLora
 from . import bridge
 from .changes import inputs_fingerprint

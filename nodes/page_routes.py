@@ -9,7 +9,7 @@
   ``trainedWords``; ``<name>.json`` of the A1111 web UI: ``activation text``), the file's own
   ``modelspec.trigger_phrase``, then the most frequent caption tags of ``ss_tag_frequency`` (source
   ``caption tags``), which for kohya-trained files start with the trigger word.
-- ``blocks``: per block of the LoRA's own family (``lora_ops.inspect.file_block``), how many of its layers
+- ``blocks``: per block of the LoRA's own family (``lora_ops.inspection.file_block``), how many of its layers
   fall in it and the block's share of the LoRA's delta energy, ``||dW_block||_F / max_b ||dW_b||_F``, from the
   low-rank factors (``||s U D||_F^2 = s^2 sum((U^T U) * (D D^T))``, no full matrix formed); ``null`` for
   layers of other kinds, which count as touched without an energy.
@@ -31,7 +31,7 @@ import folder_paths
 from aiohttp import web
 
 from ..lora_ops.families import family_label
-from ..lora_ops.inspect import file_block, training_info
+from ..lora_ops.inspection import file_block, training_info
 from ..lora_ops.safeio import file_digest
 from .loader import cached_lora
 from .routes import MAX_QUERY_CHARS, error_response, json_errors, prompt_server, run_off_loop

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..lora_ops.numerics import to_uint8
+
 
 def encode_prompt(clip, text: str):
     """CLIPTextEncode's output for ``text`` (``[[cond, {"pooled_output": ...}]]``)."""
@@ -25,22 +27,17 @@ def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def sample_image(patcher, vae, positive, negative, *, latent: torch.Tensor, seed: int, steps: int, cfg: float,
                  sampler: str, scheduler: str) -> torch.Tensor:
-    """One image from the empty ``latent`` ``(1, C, ...)``: ``comfy.sample.sample`` then the VAE, ``(1, H, W, 3)``
-    (the first frame of a video latent)."""
+    """One image from the empty ``latent`` ``(1, C, ...)``: ``comfy.sample.sample`` then the VAE,
+    ``(1, H, W, 3)`` (the first frame of a video latent)."""
     import comfy.sample  # noqa: PLC0415
 
     noise = seeded_noise(tuple(latent.shape), seed)
     with torch.inference_mode():
-        samples = comfy.sample.sample(patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
-                                      denoise=1.0, disable_pbar=True, seed=seed)
+        samples = comfy.sample.sample(patcher, noise, steps, cfg, sampler, scheduler, positive, negative,
+                                      latent, denoise=1.0, disable_pbar=True, seed=seed)
         image = vae.decode(samples)
     with torch.inference_mode(False):
         return image.reshape(-1, *image.shape[-3:])[:1].float().clone()
-
-
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 3)`` in 0..1 as 8-bit values, rounded (what a saved PNG holds)."""
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 class Progress:
@@ -58,5 +55,5 @@ class Progress:
             from comfy.cli_args import args  # noqa: PLC0415
             from PIL import Image  # noqa: PLC0415
 
-            preview = ("JPEG", Image.fromarray(to_uint8(image[0]).cpu().numpy()), args.preview_size)
+            preview = ("JPEG", Image.fromarray(to_uint8(image[0])), args.preview_size)
         self.bar.update_absolute(step, self.total, preview)

@@ -68,8 +68,8 @@ def size_conditioning(size: ImageSize | None) -> dict:
     """SDXL's size and crop conditioning as the conditioning keys ``SDXL.encode_adm`` reads."""
     if size is None:
         return {}
-    return {"width": size.original[0], "height": size.original[1], "crop_h": size.crop[0], "crop_w": size.crop[1],
-            "target_width": size.target[0], "target_height": size.target[1]}
+    return {"width": size.original[0], "height": size.original[1], "crop_h": size.crop[0],
+            "crop_w": size.crop[1], "target_width": size.target[0], "target_height": size.target[1]}
 
 
 def preview_cfg(patcher) -> float:
@@ -139,9 +139,9 @@ class ComfyTrainModel:
             entry = [[c[0], {**c[1], **size_conditioning(size)}] for c in cond[:1]]
             converted = comfy.sampler_helpers.convert_cond(entry)
             sample = x_t[i:i + 1]
-            encoded = comfy.samplers.encode_model_conds(model.extra_conds, converted, sample, self.device, "positive",
-                                                        latent_image=torch.zeros_like(sample), denoise_mask=None,
-                                                        seed=0)
+            encoded = comfy.samplers.encode_model_conds(model.extra_conds, converted, sample, self.device,
+                                                        "positive", latent_image=torch.zeros_like(sample),
+                                                        denoise_mask=None, seed=0)
             batch.append({k: v.process_cond(batch_size=1, device=self.device, area=None)
                           for k, v in encoded[0]["model_conds"].items()})
         kwargs = comfy.samplers.cond_cat(batch)
@@ -176,10 +176,11 @@ def latent_shape(patcher, vae, width: int, height: int) -> tuple[int, ...]:
     return tuple(latent.shape[1:])
 
 
-def render(patcher, vae, positive, negative, *, seed: int, steps: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
-    """A preview: euler, normal schedule, cfg :func:`preview_cfg`, from an empty latent of ``latent_shape``."""
-    return sampling.sample_image(patcher, vae, positive, negative, latent=torch.zeros((1, *latent_shape)), seed=seed,
-                                 steps=steps, cfg=preview_cfg(patcher), sampler=PREVIEW_SAMPLER,
+def render(patcher, vae, positive, negative, *, seed: int, steps: int,
+           latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """A preview: euler, normal schedule, cfg :func:`preview_cfg`, from an empty ``latent_shape`` latent."""
+    return sampling.sample_image(patcher, vae, positive, negative, latent=torch.zeros((1, *latent_shape)),
+                                 seed=seed, steps=steps, cfg=preview_cfg(patcher), sampler=PREVIEW_SAMPLER,
                                  scheduler=PREVIEW_SCHEDULER)
 
 

@@ -1,12 +1,13 @@
-"""Small seeded text encoders for the DiT families of :mod:`testkit.families`, built from ComfyUI's own classes.
+"""Small seeded text encoders for families of :mod:`testkit.families`, built from ComfyUI's own classes.
 
 ``small_family_clip(name)`` gives a ``comfy.sd.CLIP`` of the family's own text-encoder class
 (``supported_models.<config class>.clip_target({})``: SDXL's CLIP-L + CLIP-G, Flux's CLIP-L + T5-XXL,
-Chroma's T5-XXL, Z-Image's Qwen3-4B) with their real tokenizers and reduced configs, passed the way ComfyUI reads them
-(``model_options["<encoder>_model_config"]``, as :mod:`testkit.models` shrinks CLIP-L/G). The widths fit the
-small models of :mod:`testkit.families`: text width 48 (``context_in_dim``/``cap_feat_dim``), CLIP-L pooled
-width 32 (Flux's ``vec_in_dim``); SDXL's 64 + 64 = 128 with a 64-wide pooled CLIP-G. SDXL's and Z-Image's
-encoders read their second-to-last layer, so they have 3. Weights follow :func:`testkit.models.seeded_tensor`.
+Chroma's T5-XXL, Z-Image's Qwen3-4B) with their real tokenizers and reduced configs, passed the way
+ComfyUI reads them (``model_options["<encoder>_model_config"]``, as :mod:`testkit.models` shrinks
+CLIP-L/G). The widths fit the small models of :mod:`testkit.families`: text width 48
+(``context_in_dim``/``cap_feat_dim``), CLIP-L pooled width 32 (Flux's ``vec_in_dim``); SDXL's 64 + 64 = 128
+with a 64-wide pooled CLIP-G. SDXL's and Z-Image's encoders read their second-to-last layer, so they have
+3. Weights follow :func:`testkit.models.seeded_tensor`.
 
 Limits of the classes: Qwen3-4B keeps its 151,936-token vocabulary (7.3M parameters at width 48) and its
 128-wide attention heads (``head_dim`` is a class constant).

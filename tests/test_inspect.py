@@ -20,8 +20,9 @@ from testkit.host import REPO_ROOT, import_pack, use_model_dirs
 import_pack()
 from lora_lab.lora_ops import LoadedLora, LoraFile, errors, load_lora  # noqa: E402
 from lora_lab.lora_ops.blocks import block_of  # noqa: E402
-from lora_lab.lora_ops.inspect import (FP16_MAX, VERDICT_COMPATIBLE, VERDICT_OTHER_FAMILY,  # noqa: E402
-                                       VERDICT_PARTIAL, inspect_file, inspect_lora, render_chart, training_info)
+from lora_lab.lora_ops.inspection import (VERDICT_COMPATIBLE, VERDICT_OTHER_FAMILY,  # noqa: E402
+                                          VERDICT_PARTIAL, inspect_file, inspect_lora, render_chart, training_info)
+from lora_lab.lora_ops.numerics import FP16_OVERFLOW  # noqa: E402
 from lora_lab.lora_ops.keymap import KeyIndex  # noqa: E402
 from lora_lab.nodes import bridge  # noqa: E402
 from lora_lab.nodes.inspect import LoraLabInspect, inspect_for_host  # noqa: E402
@@ -137,7 +138,7 @@ def test_block_energy_against_the_model_equals_reference_norms(fx, family, name)
     rel = 2e-3 if name == "dora" else 1e-4
     for block, norm in want.items():
         assert got[block] == pytest.approx(norm, rel=rel), block
-    assert all(e.max_merged is not None and e.max_merged < FP16_MAX for e in insp.energy if e.targets)
+    assert all(e.max_merged is not None and e.max_merged < FP16_OVERFLOW for e in insp.energy if e.targets)
 
 
 # --- verdicts ------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def test_w_plus_dw_overflowing_fp16_is_found_per_block(fx, tmp_path):
     assert block == "IN04"
     by_block = {e.block: e for e in insp.energy}
     assert by_block[block].max_merged == pytest.approx(70000.0, rel=2e-3)
-    assert all(e.max_merged < FP16_MAX for e in insp.energy if e.targets and e.block != block)
+    assert all(e.max_merged < FP16_OVERFLOW for e in insp.energy if e.targets and e.block != block)
     text = insp.to_text()
     assert "renders black" in text and "<- problem" in text
     # without the base weights the same file looks healthy: the delta alone fits fp16
@@ -345,7 +346,7 @@ def test_chart_shows_ranks_when_they_vary(fx, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lora_ops.inspect", *map(str, args)], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "lora_ops.inspection", *map(str, args)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

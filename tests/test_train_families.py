@@ -30,7 +30,7 @@ from lora_lab.nodes.train import prepare, train_and_report  # noqa: E402
 from lora_lab.train.checkpoint import state_path_for  # noqa: E402
 from lora_lab.train.host_api import ImageSize  # noqa: E402
 from lora_lab.train.parity import image_difference  # noqa: E402
-from lora_lab.train.session import targets_for  # noqa: E402
+from lora_lab.train.session import encode_dataset, targets_for  # noqa: E402
 from lora_lab.train.settings import TrainSettings  # noqa: E402
 
 PARITY_LEVELS = 1    # saved file (both loaders) vs the live preview, 8-bit levels (measured: at most 1)
@@ -39,7 +39,8 @@ CHANGED_LEVELS = 4   # the trained adapter moves the preview by more than this f
 # family -> (text encoders trained with it, file-name prefixes of its layers, modelspec architecture)
 FAMILIES = {
     "sdxl": ("clip_l, clip_g", ("lora_unet_", "lora_te1_", "lora_te2_"), "stable-diffusion-xl-v1-base/lora"),
-    "flux": ("t5xxl", ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te2_"), "flux-1-dev/lora"),
+    "flux": ("t5xxl", ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te2_"),
+             "flux-1-dev/lora"),
     "chroma": ("", ("lora_unet_double_blocks_", "lora_unet_single_blocks_"), "Chroma/lora"),
     "z_image": ("qwen3_4b", ("lora_unet_layers_", "lora_unet_noise_refiner_", "text_encoders.qwen3_4b."),
                 "ZImage/lora"),
@@ -73,8 +74,8 @@ def loras(tmp_path):
 
 
 def settings(**kw) -> TrainSettings:
-    base = dict(output_name="t", rank=4, alpha=4.0, steps=3, learning_rate=5e-2, resolution=64, preview_every=3,
-                preview_prompt="zxq style", preview_seed=2, preview_steps=2)
+    base = dict(output_name="t", rank=4, alpha=4.0, steps=3, learning_rate=5e-2, resolution=64,
+                preview_every=3, preview_prompt="zxq style", preview_seed=2, preview_steps=2)
     base.update(kw)
     return TrainSettings(**base)
 
@@ -82,7 +83,8 @@ def settings(**kw) -> TrainSettings:
 def run(name: str, s: TrainSettings):
     model, clip, vae = family(name)
     with torch.inference_mode():
-        plan = prepare(model, s, images=pattern_images(), captions="zxq style, red\nzxq style, grey", clip=clip)
+        plan = prepare(model, s, images=pattern_images(), captions="zxq style, red\nzxq style, grey",
+                       clip=clip)
         return train_and_report(model, clip, vae, plan)
 
 
@@ -102,8 +104,9 @@ def test_family_trains_and_the_saved_file_reproduces_the_preview(name, loras):
     assert image_difference(core, live).max_levels <= PARITY_LEVELS
     assert result.parity["core_keys"] == len(result.targets)
     model, clip, vae = family(name)
-    own = train_host.render(model, vae, sampling.encode_prompt(clip, "zxq style"), sampling.encode_prompt(clip, ""),
-                            seed=2, steps=2, latent_shape=train_host.latent_shape(model, vae, 64, 64))
+    own = train_host.render(model, vae, sampling.encode_prompt(clip, "zxq style"),
+                            sampling.encode_prompt(clip, ""), seed=2, steps=2,
+                            latent_shape=train_host.latent_shape(model, vae, 64, 64))
     assert image_difference(own, live).max_levels > CHANGED_LEVELS
 
     with safe_open(str(result.saved.path), framework="pt") as f:
@@ -130,25 +133,32 @@ def test_block_selection_uses_the_familys_block_syntax(name, loras):
     syntax, prefix = BLOCKS[name]
     model, clip, vae = family(name)
     with torch.inference_mode():
-        plan = prepare(model, settings(targets="block selection", target_blocks=syntax), images=pattern_images(),
-                       captions="a\nb")
+        plan = prepare(model, settings(targets="block selection", target_blocks=syntax),
+                       images=pattern_images(), captions="a\nb")
         hm = train_host.ComfyTrainHost().load(model, clip, vae)
         targets = targets_for(hm, plan)
     assert targets and all(t.name.startswith(prefix) for t in targets), [t.name for t in targets][:5]
 
 
-def test_sdxl_gets_each_images_size_and_crop_conditioning():
-    """The size conditioning the training forward passes equals ``SDXL.encode_adm`` called directly."""
+def test_sdxl_gets_each_images_size_and_crop_conditioning(loras):
+    """Training passes each image's original size, crop and target size, and the training forward gives the
+    model what ``SDXL.encode_adm`` makes of them when called directly."""
     model, clip, vae = family("sdxl")
+    wide = torch.rand(1, 64, 96, 3, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
+        plan = prepare(model, settings(), images=wide, captions="zxq style")
         hm = train_host.ComfyTrainHost().load(model, clip, vae)
+        (w, h), = plan.sizes
+        crop_left = (96 * h // 64 - w) // 2
+        expected = [ImageSize(original=(96, 64), crop=(0, crop_left), target=(w, h))]
+        assert encode_dataset(hm, plan).conditioning == expected
         cond = hm.encode_caption("zxq style")
         x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         sigma = torch.tensor([1.0])
         size = ImageSize(original=(96, 64), crop=(0, 16), target=(64, 64))
         ours = hm.denoise(x, sigma, [cond], [size])
-        adm = model.model.encode_adm(pooled_output=cond[0][1]["pooled_output"], width=96, height=64, crop_w=16,
-                                     crop_h=0, target_width=64, target_height=64)
+        adm = model.model.encode_adm(pooled_output=cond[0][1]["pooled_output"], width=96, height=64,
+                                     crop_w=16, crop_h=0, target_width=64, target_height=64)
         reference = model.model.apply_model(x, sigma, c_crossattn=cond[0][0], y=adm)
         other = hm.denoise(x, sigma, [cond], [ImageSize(original=(64, 64), crop=(0, 0), target=(64, 64))])
     assert torch.allclose(ours, reference, atol=1e-5)
@@ -165,8 +175,8 @@ def test_gradient_checkpointing_is_exact_on_blocks_that_update_in_place(loras):
     """ComfyUI's Flux blocks add to their activations in place (``img += ...``): checkpointed, they must still
     give the gradients of the plain run (torch's own checkpoint gives other ones here: it recomputes into
     tensors the block then changes)."""
-    common = dict(steps=2, preview_every=0, algorithm="locon", targets="all linear and conv", rank_dropout=0.3,
-                  dropout=0.1)
+    common = dict(steps=2, preview_every=0, algorithm="locon", targets="all linear and conv",
+                  rank_dropout=0.3, dropout=0.1)
     _, plain = run("flux", settings(output_name="plain", **common))
     _, ckpt = run("flux", settings(output_name="ckpt", gradient_checkpointing=True, **common))
     a, b = master(plain.saved.path), master(ckpt.saved.path)

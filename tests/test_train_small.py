@@ -26,7 +26,7 @@ import comfy.model_management  # noqa: E402
 import comfy.utils  # noqa: E402
 
 from lora_lab.lora_ops.errors import LoraLabError, OverflowRiskError  # noqa: E402
-from lora_lab.lora_ops.inspect import training_info  # noqa: E402
+from lora_lab.lora_ops.inspection import training_info  # noqa: E402
 from lora_lab.lora_ops.plan import load_lora  # noqa: E402
 from lora_lab.nodes.loader import apply_lora  # noqa: E402
 from lora_lab.nodes.train import prepare, train_and_report  # noqa: E402

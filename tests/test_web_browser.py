@@ -778,7 +778,8 @@ def check_vue_nodes(page, ids: dict, which: str) -> None:
 def test_nodes_2_0_the_editor_and_every_widget_kind(page, page_run):
     ids = page_run["ids"]
     loader = page.locator(f"[data-node-id='{ids['loader']}'].lg-node")
-    loader.scroll_into_view_if_needed()
+    page.evaluate(SHOW_NODE, ids["loader"])
+    page.wait_for_timeout(400)
     loader.locator("button").filter(has_text=EDIT_BUTTON).click()
     page.wait_for_selector(f"[data-lora-lab-panel][data-node-id='{ids['loader']}'][data-state=ready]", timeout=30_000)
     assert not overlap(rect(page, "[data-lora-lab-panel]"), rect(page, "[data-testid='queue-button']"))

@@ -12,29 +12,33 @@ A resume reads everything from the LoRA file's metadata and the state file it na
 name. A LoRA file is only ever written after its state file, so a LoRA that says it is resumable always
 has its state beside it (unless someone moved it, which the SHA-256 check reports).
 
-Precision: fp32 keeps the trained factors bit for bit (what the previews used). fp16/bf16 are checked
+Every adapter kind is written with its own ``file_tensors`` (kohya/LyCORIS keys: ``lora_up``/``lora_down``,
+``hada_w*``, ``lokr_w*``, ``alpha``, DoRA's ``dora_scale``) under the module names the host's key maps read.
+
+Precision: fp32 keeps the trained values bit for bit (what the previews used). fp16/bf16 are checked
 first: overflow (beyond fp16's 65504: refused), underflow (non-zero values that become 0), values in
-fp16's subnormal range (kept with reduced precision), how many values change at all, and the largest
-relative error that rounding causes in any layer's delta ``dW``.
+fp16's subnormal range (kept with reduced precision), how many values change at all, and the relative
+error that rounding causes in each layer's merged delta (DoRA's included), worst layers first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ..lora_ops.adapters import LoraWeights
-from ..lora_ops.bake import kohya_metadata, lora_state_dict
+from ..lora_ops.adapters import AdapterBase, effective_delta
+from ..lora_ops.bake import kohya_metadata
 from ..lora_ops.errors import LoraFileError, LoraLabError, OverflowRiskError
-from ..lora_ops.formats import ParsedLora
 from ..lora_ops.safeio import read_lora_file, read_safetensors_header, write_safetensors_atomic
 from ..lora_ops.plan import file_sha256
 from .settings import TrainSettings
@@ -43,7 +47,7 @@ STATE_SUFFIX = ".lora_lab_state"
 # A state file a LoRA's metadata may name: a plain file name beside the LoRA, never a path.
 _STATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,200}" + re.escape(STATE_SUFFIX))
 FORMAT_VERSION = "1"
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ResumeError(LoraLabError):
@@ -69,7 +73,8 @@ def tensor_sha256(tensors) -> str:
 
 @dataclass
 class PrecisionReport:
-    """What saving at ``precision`` does to the trained values."""
+    """What saving at ``precision`` does to the trained values; ``layers``: ``(name, relative change of the
+    layer's merged delta)``, largest first."""
 
     precision: str
     values: int = 0
@@ -78,45 +83,76 @@ class PrecisionReport:
     subnormal: int = 0
     changed: int = 0
     max_delta_error: float = 0.0
+    layers: list[tuple[str, float]] = field(default_factory=list)
+
+    def worst(self, count: int = 3) -> str:
+        return ", ".join(f"{name} ({err:.2g})" for name, err in self.layers[:count])
 
     def text(self) -> str:
         if self.precision == "fp32":
             return "save precision fp32: the trained values are saved exactly"
-        return (f"save precision {self.precision}: {self.changed} of {self.values} values change "
+        text = (f"save precision {self.precision}: {self.changed} of {self.values} values change "
                 f"({self.overflow} overflow, {self.underflow} become 0, {self.subnormal} lose precision as "
                 f"subnormals); largest relative change of a layer's delta: {self.max_delta_error:.3g}")
+        return text + (f" ({self.worst(1)})" if self.layers else "")
 
 
-def precision_check(weights: dict[str, LoraWeights], precision: str) -> PrecisionReport:
-    """Count what casting every factor to ``precision`` changes (see the module docstring)."""
+def _float_fields(adapter: AdapterBase) -> list[str]:
+    values = [(f.name, getattr(adapter, f.name)) for f in dataclasses.fields(adapter)]
+    return [name for name, v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def cast_adapter(adapter: AdapterBase, dtype: torch.dtype) -> AdapterBase:
+    """The adapter with every floating-point tensor (factors, DoRA magnitude) cast to ``dtype``."""
+    cast = {name: getattr(adapter, name).to(dtype) for name in _float_fields(adapter)}
+    return dataclasses.replace(adapter, **cast)
+
+
+def precision_check(weights: Mapping[str, AdapterBase], precision: str, *,
+                    shapes: Mapping[str, torch.Size] | None = None,
+                    base: Callable[[str], torch.Tensor] | None = None) -> PrecisionReport:
+    """Count what casting every trained tensor to ``precision`` changes (see the module docstring).
+
+    ``shapes[name]``: the weight shape of each layer (default: what the factors imply); ``base(name)``: its
+    unpatched weight, needed for the merged delta of DoRA layers (without it they count values only).
+    """
     report = PrecisionReport(precision)
-    dtype = _DTYPES[precision]
-    for w in weights.values():
-        for t in (w.up, w.down):
-            report.values += t.numel()
+    dtype = SAVE_DTYPES[precision]
+    errors = []
+    for name, w in weights.items():
+        tensors = [getattr(w, f) for f in _float_fields(w)]
+        report.values += sum(t.numel() for t in tensors)
         if dtype == torch.float32:
             continue
         info = torch.finfo(dtype)
-        for t in (w.up, w.down):
+        overflow = 0
+        for t in tensors:
             t = t.float()
             cast = t.to(dtype)
-            report.overflow += int((~torch.isfinite(cast) & torch.isfinite(t)).sum())
+            overflow += int((~torch.isfinite(cast) & torch.isfinite(t)).sum())
             report.underflow += int(((cast == 0) & (t != 0)).sum())
             report.subnormal += int(((cast != 0) & (cast.float().abs() < info.tiny)).sum())
             report.changed += int((cast.float() != t).sum())
-        if report.overflow:
+        report.overflow += overflow
+        if overflow:
             continue
-        exact = w.delta(torch.Size([w.up.shape[0], w.down[0].numel()]))
-        rounded = LoraWeights(up=w.up.to(dtype), down=w.down.to(dtype), alpha=w.alpha).delta(exact.shape)
+        shape = shapes[name] if shapes is not None and name in shapes else w.implied_shape()
+        if shape is None or (w.needs_base and base is None):
+            continue
+        b = base(name).float() if w.needs_base else None
+        exact = effective_delta(w, shape, base=b)
+        rounded = effective_delta(cast_adapter(w, dtype), shape, base=b)
         norm = float(exact.norm())
         if norm > 0:
-            report.max_delta_error = max(report.max_delta_error, float((rounded - exact).norm()) / norm)
+            errors.append((name, float((rounded - exact).norm()) / norm))
+    report.layers = sorted(errors, key=lambda e: -e[1])
+    report.max_delta_error = report.layers[0][1] if report.layers else 0.0
     return report
 
 
-def kohya_tensors(weights: dict[str, LoraWeights], precision: str,
+def kohya_tensors(weights: Mapping[str, AdapterBase], precision: str,
                   report: PrecisionReport | None = None) -> dict[str, torch.Tensor]:
-    """The kohya state dict (``<name>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``) at ``precision``;
+    """The file's state dict: each adapter's ``file_tensors`` under its module name, at ``precision``;
     ``alpha`` stays fp32 (loaders read it as a number). Refuses an fp16 save that overflows."""
     if report is None and precision == "fp16":
         report = precision_check(weights, precision)
@@ -124,9 +160,46 @@ def kohya_tensors(weights: dict[str, LoraWeights], precision: str,
         raise OverflowRiskError(
             f"Saving in fp16 would turn {report.overflow} trained value(s) into infinity (fp16 stops at 65504); "
             "the LoRA would render black.", "save in fp32 (the default) or bf16.")
-    tensors = lora_state_dict(ParsedLora(modules=dict(weights), formats={"kohya"}))
-    dtype = _DTYPES[precision]
-    return {k: (v if k.endswith(".alpha") else v.to(dtype)).contiguous() for k, v in tensors.items()}
+    dtype = SAVE_DTYPES[precision]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, adapter in weights.items():
+        for k, v in adapter.file_tensors(name).items():
+            if k in tensors:
+                raise ValueError(f"two trained layers map to the same file key '{k}'")
+            v = v.detach().cpu()
+            keep = k.endswith(".alpha") or not v.is_floating_point()
+            tensors[k] = (v if keep else v.to(dtype)).contiguous()
+    return tensors
+
+
+def network_description(settings: TrainSettings) -> tuple[str, dict[str, str]]:
+    """``ss_network_module`` and ``ss_network_args`` as kohya's scripts write them: ``networks.lora`` for
+    LoRA/LoCon, ``lycoris.kohya`` with ``algo`` for LoHa/LoKr and any DoRA (``dora_wd``)."""
+    s = settings
+    args: dict[str, str] = {}
+    conv = s.algorithm != "lora"
+    if s.algorithm in ("lora", "locon") and not s.dora:
+        module = "networks.lora"
+        if conv:
+            args.update(conv_dim=str(s.rank), conv_alpha=f"{s.alpha:g}")
+        if s.rank_dropout:
+            args["rank_dropout"] = f"{s.rank_dropout:g}"
+        if s.module_dropout:
+            args["module_dropout"] = f"{s.module_dropout:g}"
+        return module, args
+    args["algo"] = s.algorithm
+    if conv:
+        args.update(conv_dim=str(s.rank), conv_alpha=f"{s.alpha:g}")
+    if s.algorithm == "lokr":
+        args["factor"] = "-1"
+    if s.dora:
+        args.update(dora_wd="True", wd_on_output="True")
+    for name in ("dropout", "rank_dropout", "module_dropout"):
+        if getattr(s, name):
+            args[name] = f"{getattr(s, name):g}"
+    if s.rank_dropout:
+        args["rank_dropout_scale"] = "True"
+    return "lycoris.kohya", args
 
 
 def training_metadata(settings: TrainSettings, *, step: int, family: str, num_images: int,
@@ -134,17 +207,19 @@ def training_metadata(settings: TrainSettings, *, step: int, family: str, num_im
                       started_at: float, resolution_info: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """``ss_*``/``modelspec.*`` keys other tools read, and the settings a resume needs."""
     s = settings
-    network_args = {"conv_dim": str(s.rank), "conv_alpha": f"{s.alpha:g}"} if s.algorithm == "locon" else {}
-    meta = kohya_metadata(family=family, rank_values=[s.rank], network_module="networks.lora", extra={
+    network_module, network_args = network_description(s)
+    meta = kohya_metadata(family=family, rank_values=[s.rank], network_module=network_module, extra={
         "ss_network_alpha": f"{s.alpha:g}",
         "ss_network_args": json.dumps(network_args) if network_args else "",
-        "ss_network_train_unet_only": "True",
+        "ss_network_dropout": f"{s.dropout:g}",
+        "ss_network_train_unet_only": str(not s.text_encoder_names),
         "ss_output_name": s.output_name,
         "ss_steps": str(step),
         "ss_max_train_steps": str(s.steps),
         "ss_learning_rate": f"{s.learning_rate:g}",
         "ss_unet_lr": f"{s.learning_rate:g}",
-        "ss_text_encoder_lr": "0",
+        "ss_text_encoder_lr": f"{(s.text_encoder_lr or s.learning_rate) if s.text_encoder_names else 0:g}",
+        "ss_max_grad_norm": f"{s.max_grad_norm:g}",
         "ss_lr_scheduler": s.lr_schedule + (f" (warmup {s.warmup_steps})" if s.warmup_steps else ""),
         "ss_lr_warmup_steps": str(s.warmup_steps),
         "ss_optimizer": f"torch.optim.{s.optimizer}",
@@ -189,13 +264,15 @@ class SavedCheckpoint:
     precision: PrecisionReport
 
 
-def save_checkpoint(path: str | os.PathLike, *, weights: dict[str, LoraWeights], master_state: dict[str, torch.Tensor],
-                    optimizer_tensors: dict[str, torch.Tensor], optimizer_json: str, metadata: dict[str, str],
-                    step: int, precision: str) -> SavedCheckpoint:
-    """Write the state file, then the LoRA file that names it (both atomic)."""
+def save_checkpoint(path: str | os.PathLike, *, weights: Mapping[str, AdapterBase],
+                    master_state: dict[str, torch.Tensor], optimizer_tensors: dict[str, torch.Tensor],
+                    optimizer_json: str, metadata: dict[str, str], step: int, precision: str,
+                    report: PrecisionReport | None = None) -> SavedCheckpoint:
+    """Write the state file, then the LoRA file that names it (both atomic). ``report``: the precision
+    check already made for ``weights`` (made here when not given)."""
     path = Path(path)
     state_path = state_path_for(path)
-    report = precision_check(weights, precision)
+    report = report if report is not None else precision_check(weights, precision)
     tensors = kohya_tensors(weights, precision, report)  # refuses an overflowing fp16 save before anything is written
     state = {f"master.{k}": v.float().contiguous() for k, v in master_state.items()}
     state.update(optimizer_tensors)

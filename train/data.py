@@ -213,15 +213,21 @@ def assign_sizes(images: list[TrainImage], resolution: int, buckets: bool) -> li
     return [min(sizes, key=lambda s, a=a: abs(math.log((s[0] / s[1]) / a))) for a in aspects]
 
 
+def cover_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """How a ``w x h`` image covers ``width x height``: its resized ``(new_w, new_h)`` and the centred crop's
+    ``(top, left)`` in the resized image (SDXL's crop conditioning)."""
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    return nw, nh, (nh - height) // 2, (nw - width) // 2
+
+
 def fit_image(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """``(H, W, 3)`` resized to cover ``width x height`` (bicubic, antialiased), centre-cropped, clamped."""
     h, w = pixels.shape[:2]
-    scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    nw, nh, top, left = cover_crop(w, h, width, height)
     x = pixels.permute(2, 0, 1).unsqueeze(0)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (nh - height) // 2, (nw - width) // 2
     x = x[:, :, top:top + height, left:left + width]
     return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
 

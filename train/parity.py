@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from ..lora_ops.numerics import to_uint8
 
 
 @dataclass
 class ImageDifference:
-    """Difference of two ``(1, H, W, 3)`` images in 8-bit levels (what a saved PNG would hold)."""
+    """Difference of two ``(1, H, W, 3)`` images in 8-bit levels, as ``SaveImage`` would write them
+    (:func:`lora_ops.numerics.to_uint8`)."""
 
     max_levels: int
     mean_levels: float
@@ -25,7 +29,5 @@ class ImageDifference:
 def image_difference(a: torch.Tensor, b: torch.Tensor) -> ImageDifference:
     if a.shape != b.shape:
         raise ValueError(f"images of different shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    qa = (a.float().clamp(0, 1) * 255).round()
-    qb = (b.float().clamp(0, 1) * 255).round()
-    d = (qa - qb).abs()
-    return ImageDifference(int(d.max()), float(d.mean()), float((d > 0).float().mean()))
+    d = np.abs(to_uint8(a).astype(np.int16) - to_uint8(b).astype(np.int16))
+    return ImageDifference(int(d.max()), float(d.mean()), float((d > 0).mean()))

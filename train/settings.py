@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from ..lora_ops.errors import LoraLabError
 
-ALGORITHMS = ("lora", "locon")
+ALGORITHMS = ("lora", "locon", "loha", "lokr")
 TARGETS = ("attention", "attention+mlp", "all linear and conv", "block selection")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta")
-TRAINING_DTYPES = ("fp32", "bf16")
+TRAINING_DTYPES = ("fp32", "bf16", "fp16")
 SAVE_PRECISIONS = ("fp32", "bf16", "fp16")
 
 MAX_RANK = 1024
@@ -29,7 +30,8 @@ MAX_STEPS = 1_000_000
 RUN_IDENTITY = ("rank", "alpha", "algorithm", "targets", "target_blocks", "learning_rate", "lr_schedule",
                 "warmup_steps", "optimizer", "batch_size", "gradient_accumulation", "resolution", "buckets",
                 "caption_dropout", "shuffle_captions", "flip", "noise_offset", "min_snr_gamma", "seed",
-                "training_dtype", "schedule_steps")
+                "training_dtype", "schedule_steps", "dora", "dropout", "rank_dropout", "module_dropout",
+                "text_encoders", "text_encoder_lr", "max_grad_norm")
 
 
 class TrainSettingsError(LoraLabError):
@@ -70,10 +72,27 @@ class TrainSettings:
     save_every: int = 0
     save_precision: str = "fp32"
     schedule_steps: int = 0
+    dora: bool = False
+    dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    text_encoders: str = ""
+    text_encoder_lr: float = 0.0
+    max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.schedule_steps:
             self.schedule_steps = self.steps
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        """``text_encoders`` as a list (comma- or space-separated names: ``clip_l, clip_g``; empty: none)."""
+        return [n for n in re.split(r"[,\s]+", self.text_encoders.strip()) if n]
+
+    @property
+    def dropouts(self) -> tuple[float, float, float]:
+        """``(dropout, rank_dropout, module_dropout)``."""
+        return self.dropout, self.rank_dropout, self.module_dropout
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -151,6 +170,12 @@ class TrainSettings:
                 bad(f"{name} {getattr(self, name)} must not be negative.", "use 0 to turn it off.")
         if self.preview_every and self.preview_steps < 1:
             bad(f"preview_steps {self.preview_steps} must be at least 1.", "use 20 sampling steps.")
+        for name in ("dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(f"{name} {getattr(self, name)} must be in [0, 1).", "use 0 (off) to 0.5; 0.1 is usual.")
+        if self.text_encoder_lr < 0 or self.max_grad_norm < 0:
+            bad("text_encoder_lr and max_grad_norm must not be negative.",
+                "use 0 (the diffusion model's rate; no clipping).")
         if self.targets == "block selection" and not self.target_blocks.strip():
             bad("targets is 'block selection' but target_blocks is empty.",
                 "name the blocks to train in target_blocks, e.g. 'OUT*=1, *=0', or pick another targets option.")

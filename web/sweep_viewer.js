@@ -1,10 +1,17 @@
 // Sweep viewer on LoraLabSweep: after a run the grid is shown on the node; hovering a cell outlines it and
 // shows its weight and metrics below the grid, clicking pins a cell, and the break point is marked. The
 // geometry and the text come from lib/sweep_view.js; the data is the node's ui.lora_lab_sweep payload.
+//
+// The viewer's widget is added when the node is created (hidden until a sweep arrives), so Nodes 2.0 shows it
+// too (common/node_dom.js), and the last payload is kept in the node's properties: a reloaded page or a run that
+// ComfyUI answers from its cache still shows the grid. ComfyUI's own preview of the same image is left out in
+// both renderers.
 
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
+import { addContentWidget, growNode, showWidget } from "./common/node_dom.js";
 import {
+  breakPointKind,
   breakPointText,
   cellAt,
   cellRect,
@@ -19,6 +26,8 @@ import { ensureStyles } from "./lib/style.js";
 
 const NODE_TYPE = "LoraLabSweep";
 const VIEWER_WIDGET = "lora_lab_sweep";
+const PAYLOAD_PROPERTY = "lora_lab_sweep";
+const MAX_SAVED_CHARS = 200000;
 // ComfyUI's own preview of ui.images; the viewer shows the same grid, so that preview is left out.
 const CORE_PREVIEW_WIDGET = "$$canvas-image-preview";
 const HINT = "hover a cell for its weight and metrics; click to pin it";
@@ -116,6 +125,7 @@ class SweepView {
       this.image.removeAttribute("src");
       this.breakMark.hidden = true;
       this.breakLine.textContent = "";
+      this.breakLine.dataset.kind = "none";
       this.info.textContent = `cannot show this sweep: ${problems.join("; ")}`;
       return;
     }
@@ -127,6 +137,7 @@ class SweepView {
     const bp = payload.break_point;
     placeMark(this.breakMark, payload.layout, bp ? { row: bp.row, col: bp.col } : null);
     this.breakLine.textContent = breakPointText(payload);
+    this.breakLine.dataset.kind = breakPointKind(payload);
     this.describe(null);
   }
 
@@ -139,28 +150,44 @@ class SweepView {
   }
 }
 
-function showSweep(node, payload) {
+function makeWidget(node) {
   ensureStyles();
-  let widget = findWidget(node, VIEWER_WIDGET);
-  if (!widget) {
-    const view = new SweepView(node);
-    widget = node.addDOMWidget(VIEWER_WIDGET, "lora_lab_sweep", view.element, {
-      serialize: false,
-      hideOnZoom: false,
-      margin: WIDGET_MARGIN,
-      getValue: () => "",
-      setValue: () => {},
-      getMinHeight: () => view.height(node.size[0]),
-    });
-    widget.serialize = false;
-    widget.view = view;
+  const view = new SweepView(node);
+  const widget = addContentWidget(node, VIEWER_WIDGET, view.element, {
+    minHeight: () => view.height(node.size[0]),
+    margin: WIDGET_MARGIN,
+    trailing: 2,
+  });
+  widget.view = view;
+  return widget;
+}
+
+/** Drop ComfyUI's own preview of the grid (the viewer shows it): the classic canvas image and Nodes 2.0's. */
+function dropCorePreview(node) {
+  const outputs = app.nodeOutputs?.[String(node.id)];
+  if (outputs?.images) delete outputs.images;
+  if (node.imgs?.length) node.imgs = undefined;
+  const index = node.widgets?.findIndex((w) => w.name === CORE_PREVIEW_WIDGET) ?? -1;
+  if (index >= 0) {
+    node.widgets[index].onRemove?.();
+    node.widgets.splice(index, 1);
   }
+}
+
+function showSweep(node, payload, { save = true } = {}) {
+  const widget = findWidget(node, VIEWER_WIDGET) ?? makeWidget(node);
   widget.view.show(payload);
+  widget.element.dataset.nodeId = String(node.id);
+  showWidget(widget, true);
   node.loraLabSweep = payload;
-  // wide enough to show the cells at their own size, up to MAX_WIDTH
+  if (save && JSON.stringify(payload).length <= MAX_SAVED_CHARS) {
+    node.properties ??= {};
+    node.properties[PAYLOAD_PROPERTY] = payload;
+  }
+  // wide enough to show the cells at their own size, up to MAX_WIDTH (classic renderer)
   const width = Math.max(node.size[0], Math.min(payload.layout?.width ?? 0, MAX_WIDTH) + 24, 360);
   node.setSize([width, node.size[1]]); // first the width: the grid's height follows from it
-  node.setSize([width, Math.max(node.size[1], node.computeSize([width, 0])[1])]);
+  growNode(node, 0);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -174,22 +201,34 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       const result = onExecuted?.apply(this, arguments);
       const payload = message?.lora_lab_sweep?.[0];
-      if (payload) showSweep(this, payload);
+      if (payload) {
+        dropCorePreview(this);
+        showSweep(this, payload);
+      }
+      return result;
+    };
+
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const result = onConfigure?.apply(this, arguments);
+      const saved = this.properties?.[PAYLOAD_PROPERTY];
+      if (saved && typeof saved === "object" && !payloadProblems(saved).length) showSweep(this, saved, { save: false });
       return result;
     };
 
     const onDrawBackground = nodeType.prototype.onDrawBackground;
     nodeType.prototype.onDrawBackground = function () {
       const result = onDrawBackground?.apply(this, arguments);
-      if (this.loraLabSweep && this.imgs?.length) {
-        this.imgs = undefined;
-        const index = this.widgets?.findIndex((w) => w.name === CORE_PREVIEW_WIDGET) ?? -1;
-        if (index >= 0) {
-          this.widgets[index].onRemove?.();
-          this.widgets.splice(index, 1);
-        }
+      if (this.loraLabSweep && (this.imgs?.length || this.widgets?.some((w) => w.name === CORE_PREVIEW_WIDGET))) {
+        dropCorePreview(this);
       }
       return result;
     };
+  },
+
+  // After every extension's onNodeCreated (the viewer goes below the editor's button); still inside the node's
+  // constructor, so Nodes 2.0 sees it.
+  nodeCreated(node) {
+    if ((node.comfyClass ?? node.type) === NODE_TYPE && !findWidget(node, VIEWER_WIDGET)) makeWidget(node);
   },
 });

@@ -55,7 +55,7 @@ def keep_mask(shape: tuple[int, ...], p: float, gen: torch.Generator) -> torch.T
 
 
 def per_sample(mask: torch.Tensor, like: torch.Tensor, feature_dim: int) -> torch.Tensor:
-    """A ``(B, C)`` mask shaped to broadcast over ``like`` (``B`` its first axis, ``C`` its ``feature_dim``)."""
+    """A ``(B, C)`` mask shaped to broadcast over ``like`` (``B``: its first axis, ``C``: ``feature_dim``)."""
     dims = like.dim()
     axis = feature_dim % dims
     shape = [1] * dims
@@ -89,7 +89,8 @@ class DropDraw:
     def element_mask(self, like: torch.Tensor) -> torch.Tensor | None:
         if self.rates.dropout <= 0:
             return None
-        return keep_mask(tuple(like.shape), self.rates.dropout, self.gen).to(device=like.device, dtype=like.dtype)
+        mask = keep_mask(tuple(like.shape), self.rates.dropout, self.gen)
+        return mask.to(device=like.device, dtype=like.dtype)
 
 
 def apply_mask(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

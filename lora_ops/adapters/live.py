@@ -27,9 +27,9 @@ from .dora import dora_factor, dora_output
 from .dropout import DropDraw
 
 
-def output_delta(adapter: AdapterBase, x: torch.Tensor, layer: LayerCall, shape, *, draw: DropDraw | None = None,
-                 base_weight: torch.Tensor | None = None, base_out: torch.Tensor | None = None,
-                 detach_norm: bool = True) -> torch.Tensor | None:
+def output_delta(adapter: AdapterBase, x: torch.Tensor, layer: LayerCall, shape, *,
+                 draw: DropDraw | None = None, base_weight: torch.Tensor | None = None,
+                 base_out: torch.Tensor | None = None, detach_norm: bool = True) -> torch.Tensor | None:
     """What ``adapter`` adds to the output of a layer with input ``x`` (``None``: module dropout skipped it).
 
     ``shape``: the layer's weight shape; for DoRA ``base_weight`` (``W0``) and ``base_out`` (``W0 x``, the

@@ -89,7 +89,14 @@ diffusers-to-LDM mapping of field-notes §3.
 
 from __future__ import annotations
 
-from ._base import BlockWeightsError, ENCODER_NAMES, FAMILY_LABELS, KNOWN_FAMILIES, SD3_NOMINAL_DEPTH, normalize_family
+from ._base import (
+    BlockWeightsError,
+    ENCODER_NAMES,
+    FAMILY_LABELS,
+    KNOWN_FAMILIES,
+    SD3_NOMINAL_DEPTH,
+    normalize_family,
+)
 from .lexicon import MAX_BLOCK_NAMES, MAX_ENTRIES, MAX_RANGE_BLOCKS, MAX_TEXT_CHARS
 from .dialects import DIALECT_DOCS, VectorDialect
 from .layout import accepted_vector_lengths, block_of, compact_names, family_blocks, family_spec
@@ -97,14 +104,49 @@ from .weights import BlockWeights
 from .syntax import parse_block_weights
 from .inspire import inspire_positions, inspire_values
 from .table import block_notes, block_table
-from .user_presets import MAX_PRESETS_FILE_BYTES, MAX_PRESET_CHECK_ENTRIES, MAX_USER_PRESETS, PresetInfo, UserPresets, builtin_preset, list_presets, load_user_presets, read_user_presets
+from .user_presets import (
+    MAX_PRESETS_FILE_BYTES,
+    MAX_PRESET_CHECK_ENTRIES,
+    MAX_USER_PRESETS,
+    PresetInfo,
+    UserPresets,
+    builtin_preset,
+    list_presets,
+    load_user_presets,
+    read_user_presets,
+)
 
 __all__ = [
-    "BlockWeights", "BlockWeightsError", "DIALECT_DOCS", "ENCODER_NAMES", "FAMILY_LABELS", "KNOWN_FAMILIES",
-    "MAX_BLOCK_NAMES", "MAX_ENTRIES", "MAX_PRESETS_FILE_BYTES", "MAX_PRESET_CHECK_ENTRIES",
-    "MAX_RANGE_BLOCKS", "MAX_TEXT_CHARS", "MAX_USER_PRESETS", "PresetInfo", "SD3_NOMINAL_DEPTH",
-    "UserPresets", "VectorDialect", "accepted_vector_lengths", "block_notes", "block_of", "block_table",
-    "builtin_preset", "compact_names", "family_blocks", "family_spec", "inspire_positions",
-    "inspire_values", "list_presets", "load_user_presets", "normalize_family", "parse_block_weights",
+    "BlockWeights",
+    "BlockWeightsError",
+    "DIALECT_DOCS",
+    "ENCODER_NAMES",
+    "FAMILY_LABELS",
+    "KNOWN_FAMILIES",
+    "MAX_BLOCK_NAMES",
+    "MAX_ENTRIES",
+    "MAX_PRESETS_FILE_BYTES",
+    "MAX_PRESET_CHECK_ENTRIES",
+    "MAX_RANGE_BLOCKS",
+    "MAX_TEXT_CHARS",
+    "MAX_USER_PRESETS",
+    "PresetInfo",
+    "SD3_NOMINAL_DEPTH",
+    "UserPresets",
+    "VectorDialect",
+    "accepted_vector_lengths",
+    "block_notes",
+    "block_of",
+    "block_table",
+    "builtin_preset",
+    "compact_names",
+    "family_blocks",
+    "family_spec",
+    "inspire_positions",
+    "inspire_values",
+    "list_presets",
+    "load_user_presets",
+    "normalize_family",
+    "parse_block_weights",
     "read_user_presets",
 ]

@@ -78,3 +78,12 @@ export function reportTexts(message) {
   if (!Array.isArray(text)) return [];
   return text.filter((t) => typeof t === "string" && t.length > 0);
 }
+
+/**
+ * How many lines `lines` (strings) take when wrapped at `columns` characters (an empty line still takes one):
+ * the height the report needs in a node of a given width.
+ */
+export function wrappedLineCount(lines, columns) {
+  const cols = Math.max(1, Math.floor(columns));
+  return lines.reduce((sum, line) => sum + Math.max(1, Math.ceil(String(line ?? "").length / cols)), 0);
+}

@@ -38,15 +38,19 @@ const CSS = `
 .lora-lab-panel .ll-row.ll-follows { opacity: .6; }
 .lora-lab-panel .ll-row.ll-changed label { color: #7fb3ff; }
 .lora-lab-panel.ll-readonly .ll-row { opacity: .5; }
-.lora-lab-report { box-sizing: border-box; width: 100%; height: 100%; overflow: auto; padding: 4px 6px;
-  background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd); border-radius: 4px;
-  font: 11px/1.3 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre; }
+.lora-lab-report[hidden], .lora-lab-sweep[hidden], .lora-lab-rows[hidden], .lora-lab-triggers[hidden] { display: none !important; }
+.lora-lab-report { box-sizing: border-box; width: 100%; max-width: 100%; min-width: 0; height: 100%; max-height: 220px;
+  overflow: auto; padding: 4px 6px; background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd);
+  border-radius: 4px; font: 11px/1.3 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap;
+  overflow-wrap: anywhere; }
+.lora-lab-report .ll-note { color: var(--descrip-text, #999); font-style: italic; }
+.lg-node .lora-lab-report { max-height: 160px; }
 .lora-lab-report .ll-title { font-weight: 700; }
 .lora-lab-report .ll-heading { color: var(--descrip-text, #aaa); }
 .lora-lab-report .ll-table-head { color: var(--descrip-text, #aaa); text-decoration: underline; }
 .lora-lab-report .ll-table-total { font-weight: 700; }
 .lora-lab-report .ll-warning { font-weight: 600; }
-.lora-lab-sweep { box-sizing: border-box; width: 100%; display: flex; flex-direction: column; gap: 4px;
+.lora-lab-sweep { box-sizing: border-box; width: 100%; max-width: 100%; min-width: 0; display: flex; flex-direction: column; gap: 4px;
   font: 11px/1.35 system-ui, sans-serif; color: var(--input-text, #ddd); }
 .lora-lab-sweep .ll-stage { position: relative; width: 100%; line-height: 0; cursor: crosshair; }
 .lora-lab-sweep .ll-stage img { display: block; width: 100%; height: auto; image-rendering: auto; }
@@ -58,7 +62,35 @@ const CSS = `
   font-size: 10px; padding: 0 3px; background: #ff4d4f; color: #fff; }
 .lora-lab-sweep .ll-info { box-sizing: border-box; white-space: pre-wrap; overflow: auto; padding: 3px 5px;
   border-radius: 4px; line-height: 15px; background: var(--comfy-input-bg, #222); font-family: ui-monospace, monospace; }
-.lora-lab-sweep .ll-bp { color: #ff7875; }
+.lora-lab-sweep .ll-bp { color: var(--descrip-text, #aaa); }
+.lora-lab-sweep .ll-bp[data-kind=found] { color: #ff7875; }
+.lora-lab-panel .ll-row.ll-untouched label { color: var(--descrip-text, #777); text-decoration: line-through; }
+.lora-lab-panel .ll-row .ll-energy { height: 4px; grid-column: 2; background: #7fb3ff; border-radius: 2px; opacity: .8; }
+.lora-lab-panel.ll-has-lora .ll-row .ll-energy[hidden] { display: block; visibility: hidden; }
+.lora-lab-panel .ll-row .ll-energy[data-unknown] { background: repeating-linear-gradient(90deg, #7fb3ff 0 4px, transparent 4px 8px); }
+.lora-lab-panel .ll-lora { color: var(--descrip-text, #999); padding: 0 10px; }
+.lora-lab-rows { box-sizing: border-box; width: 100%; min-width: 0; display: flex; flex-direction: column; gap: 4px;
+  font: 12px/1.3 system-ui, sans-serif; color: var(--input-text, #ddd); }
+.lora-lab-rows .ll-lrow { display: grid; grid-template-columns: 18px minmax(60px, 1fr) 52px 52px 22px 22px 22px;
+  gap: 3px; align-items: center; }
+.lora-lab-rows .ll-lrow.ll-off > :not(input[type=checkbox]) { opacity: .45; }
+.lora-lab-rows select, .lora-lab-rows input[type=number], .lora-lab-rows input[type=text], .lora-lab-rows button {
+  box-sizing: border-box; min-width: 0; width: 100%; background: var(--comfy-input-bg, #333); color: var(--input-text, #ddd);
+  border: 1px solid var(--border-color, #555); border-radius: 4px; font: inherit; padding: 1px 3px; }
+.lora-lab-rows button { cursor: pointer; padding: 1px 0; }
+.lora-lab-rows .ll-bw { grid-column: 2 / -1; display: grid; grid-template-columns: 1fr 22px; gap: 3px; }
+.lora-lab-rows .ll-head { display: grid; grid-template-columns: 18px minmax(60px, 1fr) 52px 52px 72px; gap: 3px;
+  color: var(--descrip-text, #999); font-size: 10px; }
+.lora-lab-rows .ll-add { width: 100%; padding: 3px; }
+.lora-lab-rows .ll-list { display: flex; flex-direction: column; gap: 4px; }
+.lora-lab-rows .ll-rowwrap { display: flex; flex-direction: column; gap: 2px; }
+.lora-lab-rows .ll-rowwrap .lora-lab-triggers { padding-left: 21px; }
+.lora-lab-rows .ll-error { color: var(--error-text, #ff6b6b); }
+.lora-lab-triggers { display: flex; flex-wrap: wrap; gap: 3px; align-items: center; min-width: 0;
+  font: 11px/1.3 system-ui, sans-serif; color: var(--descrip-text, #aaa); }
+.lora-lab-triggers button, .lora-lab-rows .lora-lab-triggers button { width: auto; background: #2d3b52; color: #cfe0ff;
+  border: 1px solid #4a6285; border-radius: 10px; padding: 0 6px; cursor: pointer; font: inherit; }
+.lora-lab-triggers button[data-inserted] { background: #2f4a2f; border-color: #4f7f4f; color: #d5f5d5; }
 `;
 
 export function ensureStyles(doc = document) {

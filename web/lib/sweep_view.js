@@ -90,6 +90,25 @@ export function isBreakCell(payload, cell) {
   return Boolean(bp && cell && bp.row === cell.row && bp.col === cell.col);
 }
 
+/** Readable names of the sweep's metrics (lora_ops/sweep.py), in the order the info box lists them. */
+export const METRIC_LABELS = Object.freeze({
+  change_ref: "change vs no LoRA (1 - SSIM)",
+  change_prev: "change vs previous weight (1 - SSIM)",
+  psnr_ref: "PSNR vs no LoRA (dB)",
+});
+
+/** A metric's readable name (unknown keys: underscores as spaces). */
+export function metricLabel(key) {
+  return METRIC_LABELS[key] ?? String(key).replaceAll("_", " ");
+}
+
+function metricOrder(a, b) {
+  const known = Object.keys(METRIC_LABELS);
+  const ia = known.includes(a) ? known.indexOf(a) : known.length;
+  const ib = known.includes(b) ? known.indexOf(b) : known.length;
+  return ia - ib || a.localeCompare(b);
+}
+
 /** Lines describing a cell: label, weight, each metric, flags, and whether it is the break point. */
 export function cellSummary(payload, cell) {
   if (!cell) return [];
@@ -99,7 +118,7 @@ export function cellSummary(payload, cell) {
   if (title) lines.push(title);
   lines.push(cell.weight === null || cell.weight === undefined ? "weight: none (no LoRA)" : `weight: ${formatNumber(cell.weight)}`);
   const metrics = cell.metrics ?? {};
-  for (const name of Object.keys(metrics).sort()) lines.push(`${name}: ${formatNumber(metrics[name])}`);
+  for (const name of Object.keys(metrics).sort(metricOrder)) lines.push(`${metricLabel(name)}: ${formatNumber(metrics[name])}`);
   if (cell.flags?.length) lines.push(`flags: ${cell.flags.join(", ")}`);
   if (isBreakCell(payload, cell)) lines.push(`break point: ${payload.break_point.reason}`);
   return lines;
@@ -110,6 +129,11 @@ export function breakPointText(payload) {
   const bp = payload.break_point;
   if (!bp) return "no break point in this sweep";
   return `break point at weight ${formatNumber(bp.weight)}: ${bp.reason}`;
+}
+
+/** How the break-point line is shown: `found` (the warning colour) or `none` (plain). */
+export function breakPointKind(payload) {
+  return payload?.break_point ? "found" : "none";
 }
 
 /** Query string of the /view URL that serves the grid image. */
