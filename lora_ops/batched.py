@@ -34,8 +34,8 @@ from .numerics import overflow_limit
 # weight key -> fp32 base weight (for the kinds whose delta depends on it, and DoRA)
 BaseLookup = Callable[[str], torch.Tensor]
 
-__all__ = ["BatchedDelta", "LayerCall", "add_row_deltas", "prepare_deltas", "merge_overflow_weights",
-           "overflow_weights"]
+__all__ = ["BatchLayoutError", "BatchedDelta", "LayerCall", "add_row_deltas", "prepare_deltas",
+           "merge_overflow_weights", "overflow_weights"]
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, layer: LayerCall, *, geometry: bool = True) -> torch.Tensor:
@@ -94,6 +94,11 @@ class BatchedDelta:
         f = layer.feature_dim
         for up, down, offset in low_rank:
             target = y if offset is None else y.narrow(f, offset[1], offset[2])
+            if layer.kind == "conv" and layer.groups != 1:
+                # a grouped convolution has no thin-product form: its delta (out, in / groups, k...) formed
+                d = _conv(x, (up @ down).reshape(target.shape[1], *self.weight_shape[1:]), layer)
+                target.add_(d.mul_(c.reshape(-1, *[1] * (d.dim() - 1))))
+                continue
             if layer.kind == "linear":
                 h = F.linear(x, down)
                 h.mul_(c.reshape(-1, *[1] * (h.dim() - 1)))
@@ -114,6 +119,11 @@ class BatchedDelta:
             y.add_(bias.reshape(shape) * c.reshape(-1, *[1] * (y.dim() - 1)))
 
 
+class BatchLayoutError(LoraLabError):
+    """A hooked layer sees inputs whose first axis is not the sampler's batch (flattened or routed
+    tokens, as in some DiTs' embedders and mixture-of-experts layers): per-row strengths cannot apply."""
+
+
 def _writable_in_place(y: torch.Tensor, x: torch.Tensor) -> bool:
     """Whether :meth:`BatchedDelta.add_into` can write into ``y``: same dtype and device as the
     activations, and laid out so that its rows are views (contiguous)."""
@@ -129,6 +139,11 @@ def add_row_deltas(y: torch.Tensor, x: torch.Tensor, delta: BatchedDelta, layer:
     call instead of once per layer, which on a GPU would wait for the device every time). Rows at
     strength 0 are left exactly as they are.
     """
+    if x.shape[0] != coef.numel() or y.shape[0] != coef.numel():
+        raise BatchLayoutError(
+            f"the layer '{delta.key}' is called with a batch of {x.shape[0]} where the sampler's batch is "
+            f"{coef.numel()} (the model reshapes or routes its tokens there), so its rows cannot be told apart.",
+            "set batch_mode to repatch (auto falls back to it by itself).")
     if rows is None:
         rows = torch.nonzero(coef).flatten()
     if rows.numel() == 0:

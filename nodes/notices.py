@@ -18,7 +18,7 @@ EVENT = "lora_lab.notice"
 def executing_node_id() -> str | None:
     """The id of the node ComfyUI is running now (None outside a prompt)."""
     try:
-        from comfy_execution.utils import get_executing_context  # noqa: PLC0415 - ComfyUI >= 0.3.4x
+        from comfy_execution.utils import get_executing_context
     except ImportError:
         return None
     context = get_executing_context()
@@ -33,7 +33,7 @@ def send(kind: str, text: str, *, saved: list[str] | None = None, node: str | No
     payload = {"kind": kind, "text": text, "node": node or executing_node_id(), "saved": list(saved or [])}
     try:
         server.send_sync(EVENT, payload, getattr(server, "client_id", None))
-    except Exception:  # noqa: BLE001 - a notice must never turn a cancel into another error
+    except Exception:
         log.exception("LoRA Lab: could not send a notice to the page")
         return False
     return True

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..lora_ops import family_label
-from ..lora_ops.batched import BatchedDelta, overflow_weights, prepare_deltas
+from ..lora_ops.batched import BatchedDelta, BatchLayoutError, overflow_weights, prepare_deltas
 from ..lora_ops.blocks import block_notes
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.merge import PatchEntry
@@ -280,6 +280,7 @@ class LoraLabSweep:
         calls_per_row = (1 if include_reference else 0) + (math.ceil(len(weights) / chunk) if mode != "repatch"
                                                            else len(weights))
         progress = _Progress(model, steps * calls_per_row * len(rows))
+        fallback = ""  # why batched mode gave way to repatch, when it did
         neg_plain = self._conds.encode(clip, negative, "negative")
         images: list[torch.Tensor] = []
         cells: list[list[Cell]] = []
@@ -305,23 +306,33 @@ class LoraLabSweep:
             conds = self._cell_conds(row_clip, row, weights, negative, sweep_clip)
             todo = [i for i, w in enumerate(weights) if limits[r][1] < w < limits[r][0]]
             rendered: dict[int, tuple[bool, torch.Tensor]] = {}
+            if mode != "repatch":
+                try:
+                    for start in range(0, len(todo), chunk):
+                        part = todo[start:start + chunk]
+                        cell_model = bridge.with_row_strengths(row_model, deltas[r], [weights[i] for i in part])
+                        pos = _batch_conditioning([conds[i][0] for i in part])
+                        neg = _batch_conditioning([conds[i][1] for i in part])
+                        k = len(part)
+                        ones = [1] * (noise.dim() - 1)
+                        lat = self._sample(cell_model, noise.repeat(k, *ones), latent.repeat(k, *ones), pos, neg,
+                                           sample, progress.callback(steps))
+                        rendered.update(zip(part, self._decode(vae, lat)))
+                except BatchLayoutError as exc:
+                    if batch_mode == "batched":
+                        raise
+                    # this model's layers do not keep the batch axis: every cell through the merge instead
+                    log.info("LoRA Lab sweep: %s; rendering cell by cell", exc.problem)
+                    mode, fallback = "repatch", exc.problem
+                    rendered = {}
+                    calls_per_row = (1 if include_reference else 0) + len(weights)
+                    progress.total = max(progress.total, row_start + steps * calls_per_row * (len(rows) - r))
             if mode == "repatch":
                 for i in todo:
                     cell_model = bridge.with_patches(row_model, _scaled(row.model_entries, weights[i]))
                     lat = self._sample(cell_model, noise, latent, conds[i][0], conds[i][1], sample,
                                        progress.callback(steps))
                     rendered[i] = self._decode(vae, lat)[0]
-            else:
-                for start in range(0, len(todo), chunk):
-                    part = todo[start:start + chunk]
-                    cell_model = bridge.with_row_strengths(row_model, deltas[r], [weights[i] for i in part])
-                    pos = _batch_conditioning([conds[i][0] for i in part])
-                    neg = _batch_conditioning([conds[i][1] for i in part])
-                    k = len(part)
-                    ones = [1] * (noise.dim() - 1)
-                    lat = self._sample(cell_model, noise.repeat(k, *ones), latent.repeat(k, *ones), pos, neg,
-                                       sample, progress.callback(steps))
-                    rendered.update(zip(part, self._decode(vae, lat)))
             progress.done = row_start + steps * calls_per_row
             for i, w in enumerate(weights):
                 col = i + (1 if include_reference else 0)
@@ -355,7 +366,8 @@ class LoraLabSweep:
             "axis": axis, "rows": [{"label": row.label, "positive": row.positive, "block_notes": row.block_notes}
                                    for row in rows],
             "sweep_clip": sweep_clip,
-            "mode": mode if mode == "repatch" else f"batched ({chunk} cells per sampler batch)",
+            "mode": (mode if not fallback else f"repatch (batched was not possible: {fallback})")
+            if mode == "repatch" else f"batched ({chunk} cells per sampler batch)",
             "overflow_weight": [{"above": None if math.isinf(lim[0]) else round(lim[0], 6),
                                  "below": None if math.isinf(lim[1]) else round(lim[1], 6)} for lim in limits],
             "cells": [c.as_dict() for rc in cells for c in rc],

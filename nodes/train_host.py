@@ -15,8 +15,10 @@ and size embedding, Flux's guidance, attention masks) exactly as when sampling.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -149,6 +151,9 @@ class ComfyTrainModel:
         options["sigmas"] = sigma
         return model.apply_model(x_t, sigma, transformer_options=options, **kwargs)
 
+    def training(self) -> contextlib.AbstractContextManager[None]:
+        return differentiable_ops()
+
     # --- previews --------------------------------------------------------------------------------------
     def _prompt(self, text: str) -> list:
         if self.train_text:  # the text encoders change while training
@@ -167,6 +172,50 @@ class ComfyTrainModel:
     def preview(self, prompt: str, *, seed: int, steps: int, width: int, height: int) -> torch.Tensor:
         return render(self.patcher, self.vae, self._prompt(prompt), self._prompt(""), seed=seed, steps=steps,
                       latent_shape=self.latent_shape(width, height))
+
+
+def rope_pairs(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of ``x`` (``(..., d)``) by the 2x2 rotations ``freqs_cis``
+    (``(..., d/2, 2, 2)``): each pair ``(x_2i, x_2i+1)`` becomes ``R_i @ (x_2i, x_2i+1)`` (Su et al. 2021,
+    "RoFormer"), in plain torch operations that autograd differentiates."""
+    pairs = x.to(freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    out = freqs_cis[..., 0] * pairs[..., 0] + freqs_cis[..., 1] * pairs[..., 1]
+    return out.reshape(*x.shape).type_as(x)
+
+
+def _rope_both(xq: torch.Tensor, xk: torch.Tensor,
+               freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return rope_pairs(xq, freqs_cis), rope_pairs(xk, freqs_cis)
+
+
+@contextlib.contextmanager
+def differentiable_ops() -> Iterator[None]:
+    """Swap operations the host runs through kernels without a backward pass for differentiable ones, for
+    the block: ComfyUI 0.8.0 computes rotary embeddings (``comfy.ldm.flux.math.apply_rope``/``apply_rope1``,
+    imported by the Flux, Chroma, Lumina/Z-Image, Wan, HiDream and Kandinsky models) with ``comfy_kitchen``
+    custom ops that have no autograd formula ("Trying to backward through comfy_kitchen.apply_rope"). Every
+    loaded ``comfy.ldm`` module's binding of them is swapped and restored; 0.3.75's own Python functions are
+    left as they are."""
+    import comfy.ldm.flux.math as flux_math  # noqa: PLC0415
+
+    swaps = {}
+    for name, replacement in (("apply_rope", _rope_both), ("apply_rope1", rope_pairs)):
+        fn = getattr(flux_math, name, None)
+        if fn is not None and getattr(fn, "__module__", "") != flux_math.__name__:
+            swaps[name] = (fn, replacement)
+    patched = []
+    try:
+        for module_name, module in list(sys.modules.items()):
+            if not module_name.startswith("comfy.ldm") or module is None:
+                continue
+            for name, (kernel, replacement) in swaps.items():
+                if getattr(module, name, None) is kernel:
+                    setattr(module, name, replacement)
+                    patched.append((module, name, kernel))
+        yield
+    finally:
+        for module, name, kernel in patched:
+            setattr(module, name, kernel)
 
 
 def latent_shape(patcher, vae, width: int, height: int) -> tuple[int, ...]:

@@ -19,14 +19,14 @@ from testkit import fixtures, models
 from testkit.host import import_pack, use_model_dirs
 
 import_pack()
-from lora_lab.lora_ops.chart import font  # noqa: E402
-from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
-from lora_lab.lora_ops.stack import LoraStack, StackRow  # noqa: E402
-from lora_lab.lora_ops.sweep import LABEL_FONT, Cell, break_point, compose_grid, label_lines  # noqa: E402
-from lora_lab.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, page_routes  # noqa: E402
-from lora_lab.nodes.multi import LoraLabMultiLoader, rows_from_json  # noqa: E402
-from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack  # noqa: E402
-from lora_lab.nodes.stack_types import FOREIGN_STACK_TYPE, STACK_INPUT, STACK_TYPE, read_stack  # noqa: E402
+from lora_lab.lora_ops.chart import font
+from lora_lab.lora_ops.errors import LoraLabError
+from lora_lab.lora_ops.stack import LoraStack, StackRow
+from lora_lab.lora_ops.sweep import LABEL_FONT, Cell, break_point, compose_grid, label_lines
+from lora_lab.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, page_routes
+from lora_lab.nodes.multi import LoraLabMultiLoader, rows_from_json
+from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack
+from lora_lab.nodes.stack_types import FOREIGN_STACK_TYPE, STACK_INPUT, STACK_TYPE, read_stack
 
 
 @pytest.fixture(scope="module")
@@ -303,8 +303,8 @@ def test_cancel_names_the_checkpoint_and_resuming_under_the_same_name_continues(
     """The cancel notice names the saved checkpoint; picking it in resume_from with the same output name (what
     the notice and the README say) trains on instead of refusing the name."""
     from comfy.model_management import InterruptProcessingException, interrupt_current_processing
-
     from lora_lab.nodes import train as train_node
+
     from testkit.small_vae import small_vae
 
     with torch.inference_mode():
@@ -344,3 +344,31 @@ def test_cancel_names_the_checkpoint_and_resuming_under_the_same_name_continues(
             (folder / "other-step000001.safetensors").write_bytes(b"")
             train_node.LoraLabTrain().train(patcher, clip, vae, images=images, **_train_inputs(
                 output_name="other", resume_from="run-step000002.safetensors"))
+
+
+# --- what the registry and the Templates menu show ---------------------------------------------------------------
+
+def test_registry_metadata_and_example_workflows():
+    import tomllib
+
+    from testkit.host import REPO_ROOT
+
+    meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert {"Repository", "Documentation", "Bug Tracker"} <= set(meta["project"]["urls"])
+    icon = meta["tool"]["comfy"]["Icon"]
+    assert icon.startswith("https://") and icon.endswith("/docs/icon.png")
+    with Image.open(REPO_ROOT / "docs" / "icon.png") as im:
+        assert im.size[0] == im.size[1] <= 400
+    examples = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+    assert len(examples) >= 5
+    import nodes as core_nodes  # ComfyUI's own node list
+
+    known = set(NODE_CLASS_MAPPINGS) | set(core_nodes.NODE_CLASS_MAPPINGS)
+    for path in examples:
+        workflow = json.loads(path.read_text())
+        types = {n["type"] for n in workflow["nodes"]}
+        assert types <= known and any(t.startswith("LoraLab") for t in types), path.name
+        assert path.with_suffix(".jpg").is_file(), f"{path.name} has no thumbnail for the Templates menu"
+        for node in workflow["nodes"]:
+            if node["type"] == "LoraLabMultiLoader":
+                assert rows_from_json(node["widgets_values"][0])  # the rows are readable

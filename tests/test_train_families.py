@@ -49,6 +49,10 @@ FAMILIES = {
 BLOCKS = {"sdxl": ("OUT*=1, *=0", "output_blocks."), "flux": ("S*=1, *=0", "single_blocks."),
           "chroma": ("D01=1, *=0", "double_blocks.1."), "z_image": ("NR00=1, *=0", "noise_refiner.0.")}
 
+# The host decides how these models run (0.8.0 runs rotary embeddings through kernels without a backward
+# pass, which training swaps): CI runs this file on every ComfyUI version it tests.
+pytestmark = pytest.mark.hosts
+
 _BUILT: dict[str, tuple] = {}
 
 
@@ -182,3 +186,28 @@ def test_gradient_checkpointing_is_exact_on_blocks_that_update_in_place(loras):
     a, b = master(plain.saved.path), master(ckpt.saved.path)
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if k.endswith(".up"))
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_training_rope_equals_the_hosts_and_has_a_backward_pass():
+    """The rotary embedding training swaps in computes what the host's own does (a Python function on 0.3.75,
+    a ``comfy_kitchen`` kernel without a backward pass on 0.8.0)."""
+    import comfy.ldm.flux.math as flux_math
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 6, 8, generator=gen, requires_grad=True)
+    pe = flux_math.rope(torch.arange(6.0).reshape(1, 6), 8, 10000).unsqueeze(1)
+    with torch.no_grad():
+        assert torch.allclose(train_host.rope_pairs(x, pe), flux_math.apply_rope1(x, pe), atol=1e-6)
+    with train_host.differentiable_ops():
+        flux_math.apply_rope1(x, pe).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_dora_on_8_bit_weights_is_refused_before_training(loras):
+    _, clip, vae = family("flux")
+    with torch.inference_mode():
+        model = small_family_model("flux", weight_format="fp8_e4m3fn")
+        plan = prepare(model, settings(dora=True), images=pattern_images(), captions="a\nb", clip=clip)
+        with pytest.raises(LoraLabError, match="8-bit weights"):
+            train_and_report(model, clip, vae, plan)
+    assert list(loras.iterdir()) == []

@@ -244,3 +244,20 @@ def test_round_ticks():
     assert _round_ticks(1, 1500) == [1, 500, 1000, 1500]
     assert _round_ticks(101, 160) == [101, 120, 140, 160]
     assert [round(t, 6) for t in _round_ticks(0.0, 1.0)] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_train_is_host_free():
+    """``train/`` imports neither ComfyUI nor the node side: the host comes in as a ``TrainHost``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    code = ("import sys, types; pack = types.ModuleType('pack'); pack.__path__ = [sys.argv[1]]; "
+            "sys.modules['pack'] = pack; import pack.train.session, pack.train.host_api; "
+            "bad = [m for m in sys.modules if m == 'comfy' "
+            "or m.startswith(('comfy.', 'pack.nodes', 'folder_paths'))]; "
+            "assert not bad, bad; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout

@@ -37,7 +37,8 @@ CHROMIUM_FLAGS = [
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "web"
 OUR_EXTENSIONS = {"LoraLab.BlockEditor", "LoraLab.Reports", "LoraLab.SweepViewer", "LoraLab.MultiLoader",
-                  "LoraLab.TriggerWords", "LoraLab.Notices", "LoraLab.Migrations", "LoraLab.TrainGroups"}
+                  "LoraLab.TriggerWords", "LoraLab.Notices", "LoraLab.Migrations", "LoraLab.TrainGroups",
+                  "LoraLab.NumberFormat"}
 OUR_MARKERS = ("/extensions/lora_lab/", "/lora_lab/", "LoraLab.", "lora-lab", "lora_lab")
 NOT_OURS = ("api.comfy.org",)  # the page asks the registry about every node, ours too; nothing is reachable here
 RUN_TIMEOUT_S = 600
@@ -240,6 +241,23 @@ def bring_into_view(page, selector: str) -> None:
         page.wait_for_timeout(300)
 
 
+def show_all(page) -> None:
+    """Fit every node into the view (for a screenshot), in either renderer."""
+    page.evaluate("""() => {
+      const title = LiteGraph.NODE_TITLE_HEIGHT;
+      const boxes = app.graph.nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]);
+      const x0 = Math.min(...boxes.map((b) => b[0])), y0 = Math.min(...boxes.map((b) => b[1]));
+      const x1 = Math.max(...boxes.map((b) => b[0] + b[2])), y1 = Math.max(...boxes.map((b) => b[1] + b[3]));
+      const r = app.canvas.canvas.getBoundingClientRect();
+      const scale = Math.min(1, (r.width - 160) / (x1 - x0), (r.height - 160) / (y1 - y0));
+      app.canvas.ds.scale = scale;
+      app.canvas.ds.offset[0] = 80 / scale - x0;
+      app.canvas.ds.offset[1] = 110 / scale - y0;
+      app.canvas.setDirty(true, true);
+    }""")
+    page.wait_for_timeout(600)
+
+
 def saved_workflow(page) -> dict:
     """The workflow as the page saves it (JSON: what is undefined in the page is left out, not null)."""
     return json.loads(page.evaluate("() => JSON.stringify(app.graph.serialize())"))
@@ -429,8 +447,7 @@ def test_a_stack_row_finds_the_family_and_the_family_can_be_chosen(page, web_hos
     assert "was made for" in family and "not detected" not in family, family
 
 
-def test_the_page_graph_runs_and_every_node_shows_its_result(page, web_host, page_run):
-    server, _, loras = web_host
+def test_the_page_graph_runs_and_every_node_shows_its_result(page, page_run):
     ids = page_run["ids"]
     boxes = page.evaluate(NODE_BOXES)
     # reports: on their node, below every widget, wrapped (nothing cut), and no node grew over another one
@@ -689,6 +706,9 @@ def check_train_groups(page, renderer: str) -> None:
     if renderer == "vue":
         rendered = page.locator(f"[data-node-id='{node_id}'].lg-node .lg-node-widget").count()
         assert rendered <= shown + 3, rendered
+        # a small float reads as itself (Nodes 2.0 rounds to whole numbers unless told the decimals)
+        lr = page.locator(f"[data-node-id='{node_id}'].lg-node input[aria-label='learning_rate']")
+        assert float(lr.input_value()) == pytest.approx(1e-4)  # 1.32 shows "0" without the decimals set
     height = page.evaluate("(id) => app.graph.getNodeById(id).size[1]", node_id)
     shot(page, f"18-train-grouped-{renderer}")
     page.evaluate("(id) => { const w = app.graph.getNodeById(id).widgets.find((x) => x.name === 'show advanced settings');"
@@ -770,8 +790,7 @@ def check_vue_nodes(page, ids: dict, which: str) -> None:
     assert rows.is_visible() and rows.locator("[data-row]").count() >= 2
     # the hidden loras text is not drawn in Nodes 2.0
     assert page.locator(f"[data-node-id='{ids['multi']}'].lg-node textarea").count() == 0
-    page.evaluate("() => { app.canvas.ds.scale = 0.6; app.canvas.ds.offset[0] = 0; app.canvas.ds.offset[1] = 0; app.canvas.setDirty(true, true); }")
-    page.wait_for_timeout(500)
+    show_all(page)
     shot(page, f"22-nodes-2.0-{which}-nodes")
 
 
@@ -807,15 +826,15 @@ def test_nodes_2_0_new_nodes_show_their_results(page, web_host, page_run):
     load_workflow(page, prompt)
     ids = page_run["ids"]
     page.wait_for_selector(f"[data-node-id='{ids['sweep']}'].lg-node", timeout=30_000)
-    assert page.locator(f"[data-lora-lab-sweep][data-node-id='{ids['sweep']}']").count() == 1  # there, hidden
+    # the new node's viewer is in the node already (hidden), so Nodes 2.0 attaches it
+    assert page.locator(f"[data-node-id='{ids['sweep']}'].lg-node [data-lora-lab-sweep]").count() == 1
     run_from_page(page, server)
     check_sweep_viewer(page, ids["sweep"], "vue-new")
     report = page.locator(f"[data-node-id='{ids['multi']}'].lg-node [data-lora-lab-report]")
     report.wait_for(state="visible", timeout=30_000)
     assert "strength 0.4" in report.inner_text() or "0.4" in report.inner_text()
     assert inside(report.bounding_box(), rect(page, f"[data-node-id='{ids['multi']}'].lg-node"))
-    page.evaluate("() => { app.canvas.ds.scale = 0.6; app.canvas.ds.offset[0] = 0; app.canvas.ds.offset[1] = 0; app.canvas.setDirty(true, true); }")
-    page.wait_for_timeout(500)
+    show_all(page)
     shot(page, "24-nodes-2.0-new-nodes")
     set_renderer(page, False)
 

@@ -10,6 +10,7 @@ returns is handed back to :meth:`TrainModel.denoise`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -55,6 +56,10 @@ class TrainModel(Protocol):
 
     def preview(self, prompt: str, *, seed: int, steps: int, width: int, height: int) -> torch.Tensor:
         """An image ``(1, H, W, 3)`` sampled with the host's sampler from the model as it is now."""
+
+    def training(self) -> AbstractContextManager[None]:
+        """What the host must hold while training runs, forward and backward passes alike (e.g. operations
+        swapped for differentiable ones); the run enters it once around the whole loop."""
 
 
 class Progress(Protocol):

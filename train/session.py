@@ -109,6 +109,12 @@ def targets_for(hm: TrainModel, plan: TrainPlan) -> list[TargetLayer]:
         raise TrainSettingsError(f"{len(missing)} target layer(s) have no LoRA name in the host's key map, "
                                  f"e.g. {missing[0]}.", "use targets 'attention+mlp'.")
     check_rank(targets, s.rank, s.algorithm)
+    if s.dora:
+        quantized = [t.name for t in targets if t.module.weight.element_size() == 1]
+        if quantized:
+            raise TrainSettingsError(
+                f"dora needs the weights' row norms, and {len(quantized)} target layer(s) hold 8-bit weights "
+                f"(e.g. {quantized[0]}).", "train DoRA on an fp32/fp16/bf16 checkpoint, or turn dora off.")
     return targets
 
 
@@ -222,7 +228,7 @@ def run_training(model, clip, vae, plan: TrainPlan, *, host: TrainHost,
             return [p for m in block.modules() for p in by_module.get(id(m), [])]
 
         blocks = block_modules(hm.diffusion_model)
-        with network.attached(), checkpointed(blocks, s.gradient_checkpointing, params_in):
+        with hm.training(), network.attached(), checkpointed(blocks, s.gradient_checkpointing, params_in):
             try:
                 def track(step: int, loss: float) -> None:
                     nonlocal done
