@@ -1,12 +1,14 @@
 """LoRA Lab: a ComfyUI node pack to load, combine, train and debug LoRAs.
 
-Registration only: the node list, the front-end folder and its HTTP routes (nodes/routes.py). No work
-happens at import time.
+Registration only: the node list, the front-end folder, and the HTTP routes of the page (``nodes.routes``,
+``nodes.page_routes``), added to the running server by the two calls below. No other work at import time.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes import page_routes as _page_routes  # noqa: F401 - the page's LoRA info route
-from .nodes import routes as _routes  # noqa: F401 - adds the front end's HTTP routes to the running server
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, page_routes, routes
+
+# The front end's HTTP routes, added to the running server (nothing happens when there is none).
+routes.register_routes()
+page_routes.register_routes()
 
 WEB_DIRECTORY = "./web"
 

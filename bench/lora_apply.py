@@ -644,7 +644,7 @@ def notes(result: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# SDXL on the GPU (issue 9): the model resident, the memory-bandwidth floor
+# SDXL on the GPU: the model resident, the memory-bandwidth floor
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:

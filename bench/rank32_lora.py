@@ -8,7 +8,7 @@ Layout (``bench/layouts/<family>_r32.json``, committed; ``python -m bench.rank32
     family (``models.sd15_full_diffusers_config()`` / ``models.sdxl_full_diffusers_config()``), built on
     the meta device (no weights are needed for names and shapes),
     ``unet.add_adapter(LoraConfig(r=32, lora_alpha=32, target_modules=TARGET_MODULES))`` (the attention
-    and resnet layers, field notes §2), ``get_peft_model_state_dict`` -> keys prefixed ``unet.`` (as
+    and resnet layers), ``get_peft_model_state_dict`` -> keys prefixed ``unet.`` (as
     ``save_lora_weights`` writes them) -> ``diffusers.utils.convert_state_dict_to_kohya``
     (``lora_unet_*``, ``.alpha`` = rank = lora_alpha). Targets are listed in the order of PEFT's
     module names (sorted); the diffusers and PEFT versions are recorded in the file.
@@ -53,7 +53,7 @@ RANK = 32
 ALPHA = 32.0
 RELATIVE_NORM = 0.1
 SEED = 3232
-# the attention and resnet layers of the UNet, as in field notes §2
+# the attention and resnet layers of the UNet
 TARGET_MODULES = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "time_emb_proj",

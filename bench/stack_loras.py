@@ -1,7 +1,7 @@
 """Five LoRAs for the stack benchmark, made by PEFT on the full-size SD1.5-architecture twin.
 
 One diffusers twin carries five PEFT adapters (rank 8, alpha 8, the attention and resnet layers of
-field-notes §2, each with its own seed), saved as five kohya files through
+each with its own seed), saved as five kohya files through
 ``convert_state_dict_to_kohya``, fp16, cached under ``.cache/lora-lab/bench/``. Built once, in a
 child process (``python -m bench.stack_loras``), since the fp32 twin needs about 6 GB.
 """

@@ -98,7 +98,8 @@ def bake_plan(entries: Iterable[PatchEntry], kohya_name: Callable[[PatchEntry], 
                 tensors = merged.file_tensors(name)
         for k, v in tensors.items():
             if k in out:
-                raise ValueError(f"two LoRA layers bake to the same key '{k}'")
+                raise LoraLabError(f"two LoRA layers bake to the same key '{k}'.",
+                                   "the file names one model weight twice; keep one of its layers.")
             out[k] = v.detach().cpu().contiguous()
     return out
 
@@ -145,6 +146,7 @@ def lora_state_dict(parsed) -> dict[str, torch.Tensor]:
         tensors = adapter.file_tensors(kname, is_bias=True) if is_bias else adapter.file_tensors(kname)
         for k, v in tensors.items():
             if k in out:
-                raise ValueError(f"two LoRA layers map to the same kohya key '{k}'")
+                raise LoraLabError(f"two LoRA layers map to the same kohya key '{k}'.",
+                                   "the file names one layer twice (in two namings); keep one of them.")
             out[k] = v.detach().cpu().contiguous()
     return out

@@ -1,4 +1,4 @@
-"""Merging several LoRAs that patch ONE model weight into one result: the pure math of issue 4.
+"""Merging several LoRAs that patch ONE model weight into one result: the pure math of merging.
 
 Every function here works on one weight at a time and knows nothing of files, nodes or the host. A
 *part* is anything with ``.adapter`` (an :mod:`~lora_ops.adapters` dataclass) and ``.strength``

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import LoraLabError
+
 
 @dataclass(frozen=True)
 class LayerCall:
@@ -30,9 +32,11 @@ class LayerCall:
             return LayerCall("linear")
         if isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed:
             if module.padding_mode != "zeros":
-                raise ValueError(f"padding_mode '{module.padding_mode}' is not supported by the batched sweep")
+                raise LoraLabError(f"a convolution with padding_mode '{module.padding_mode}' cannot take a LoRA's "
+                                   "delta in the forward pass.", "set the sweep's batch_mode to repatch.")
             return LayerCall("conv", tuple(module.stride), module.padding, tuple(module.dilation), module.groups)
-        raise ValueError(f"{type(module).__name__} is neither a Linear nor a Conv layer")
+        raise LoraLabError(f"the layer is a {type(module).__name__}, neither a Linear nor a Conv layer, so a LoRA's "
+                           "delta cannot run in its forward pass.", "set the sweep's batch_mode to repatch.")
 
     @property
     def feature_dim(self) -> int:

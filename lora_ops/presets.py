@@ -1,7 +1,7 @@
 """Built-in block-weight presets, written in LoRA Lab's block syntax (see :mod:`lora_ops.blocks`).
 
 The SD1.x/SD2.x and SDXL presets are the common ones users know from sd-webui-lora-block-weight and
-Inspire Pack (field-notes §3). Those tools write them as vectors over the *attention* blocks only
+Inspire Pack. Those tools write them as vectors over the *attention* blocks only
 (17 values for SD, 12 for SDXL); ``vector`` below keeps that documented form. The syntax form sets
 every block of the model: a block without attention (IN00 conv_in, IN03 downsample, IN06, IN09-IN11,
 OUT00-OUT02 on SD) takes the value of its nearest attention block in the same section (the one before
@@ -63,7 +63,7 @@ BUILTIN_PRESETS: tuple[BuiltinPreset, ...] = (
 )
 
 DOCUMENTED_VECTORS: dict[tuple[str, int], tuple[float, ...]] = {
-    # SD1.x/SD2.x, 17-value order BASE,IN01,IN02,IN04,IN05,IN07,IN08,M00,OUT03..OUT11 (field-notes §3)
+    # SD1.x/SD2.x, 17-value order BASE,IN01,IN02,IN04,IN05,IN07,IN08,M00,OUT03..OUT11
     ("NONE", 17): _v((0, 17)),
     ("ALL", 17): _v((1, 17)),
     ("ALL0.5", 17): _v((0.5, 17)),

@@ -1,8 +1,9 @@
 """HTTP route for what the page shows about a LoRA file: its trigger words and the blocks it touches.
 
-``GET /lora_lab/lora_info?name=x.safetensors`` answers
-``{"name", "family", "family_label", "triggers": [{"text", "source"}], "blocks": {"IN04": {"targets": 16,
-"energy": 0.42}, ...}, "block_family"}``:
+``GET /lora_lab/lora_info?name=x.safetensors`` answers ``{"name", "triggers": [{"text", "source"}]}`` from the
+file's header and the files next to it (cheap: what the loaders ask for to show trigger words);
+``&blocks=1`` adds ``"family", "family_label", "blocks": {"IN04": {"targets": 16, "energy": 0.42}, ...},
+"block_family"}``, which reads the whole file (what the block editor asks for):
 
 - ``triggers``: the words the LoRA was trained to respond to, in the order users trust them: a sidecar file
   next to the LoRA (``<name>.civitai.info`` of Civitai Helper and ``<name>.metadata.json`` of LoRA Manager:
@@ -14,7 +15,8 @@
   low-rank factors (``||s U D||_F^2 = s^2 sum((U^T U) * (D D^T))``, no full matrix formed); ``null`` for
   layers of other kinds, which count as touched without an energy.
 
-The file is read once per content (``nodes.loader.cached_lora``); the answer is remembered per file digest.
+The file is read once per content (``nodes.loader.cached_lora``); answers are remembered per file version
+(path, size, modification time).
 Errors answer ``{"error", "fix"}`` JSON like the other routes (``nodes.routes``).
 """
 
@@ -32,7 +34,7 @@ from aiohttp import web
 
 from ..lora_ops.families import family_label
 from ..lora_ops.inspection import file_block, training_info
-from ..lora_ops.safeio import file_digest
+from ..lora_ops.safeio import read_safetensors_header
 from .loader import cached_lora
 from .routes import MAX_QUERY_CHARS, error_response, json_errors, prompt_server, run_off_loop
 
@@ -128,20 +130,24 @@ def touched_blocks(parsed, family: str | None) -> dict[str, dict]:
             for block, (n, e, exact) in sums.items()}
 
 
-def lora_info(name: str) -> dict:
+def lora_info(name: str, blocks: bool = False) -> dict:
     """The answer of :data:`ROUTE_LORA_INFO` for the LoRA ``name`` (see the module docstring)."""
     path = folder_paths.get_full_path("loras", name)
     if path is None:
         return {"name": name, "error": f"{name} is not in the loras folder", "triggers": [], "blocks": {}}
-    key = (os.path.realpath(path), file_digest(path))
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, blocks)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    lora = cached_lora(path)
-    family = lora.family.family
-    info = {"name": name, "family": family, "family_label": family_label(family) if family else None,
-            "triggers": trigger_words(path, dict(lora.file.metadata)), "block_family": family,
-            "blocks": touched_blocks(lora.parsed, family)}
+    if not blocks:
+        info = {"name": name, "triggers": trigger_words(path, read_safetensors_header(path).metadata)}
+    else:
+        lora = cached_lora(path)
+        family = lora.family.family
+        info = {"name": name, "family": family, "family_label": family_label(family) if family else None,
+                "triggers": trigger_words(path, dict(lora.file.metadata)), "block_family": family,
+                "blocks": touched_blocks(lora.parsed, family)}
     _cache[key] = info
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
@@ -153,7 +159,7 @@ async def get_lora_info(request: web.Request) -> web.Response:
     name = request.query.get("name", "")
     if not name or len(name) > MAX_QUERY_CHARS:
         return error_response(f"name is required (at most {MAX_QUERY_CHARS} characters).", "give a LoRA file's name.")
-    return web.json_response(await run_off_loop(lora_info, name))
+    return web.json_response(await run_off_loop(lora_info, name, request.query.get("blocks") == "1"))
 
 
 def register_routes(server=None) -> bool:
@@ -164,6 +170,3 @@ def register_routes(server=None) -> bool:
     server.routes.get(ROUTE_LORA_INFO)(get_lora_info)
     server._lora_lab_page_routes = True
     return True
-
-
-register_routes()

@@ -318,6 +318,3 @@ def register_routes(server=None) -> bool:
     server.routes.get(ROUTE_FAMILY)(get_family)
     server._lora_lab_routes = True
     return True
-
-
-register_routes()

@@ -116,18 +116,6 @@ def _batch_conditioning(conds: list) -> list:
     return out
 
 
-def _slice_conditioning(cond: list, start: int, stop: int) -> list:
-    out = []
-    for tensor, extra in cond:
-        if tensor.shape[0] == 1:
-            out.append([tensor, extra])
-            continue
-        sliced = {k: (v[start:stop] if isinstance(v, torch.Tensor) and v.shape[:1] == tensor.shape[:1] else v)
-                  for k, v in extra.items()}
-        out.append([tensor[start:stop], sliced])
-    return out
-
-
 class _Progress:
     """One progress bar over every sampler call of the sweep, with latent previews; cancel is checked
     by ComfyUI's progress hook at every step."""

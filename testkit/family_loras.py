@@ -703,7 +703,7 @@ def _randomize_lycoris_module(lora: Any, algo: str, strength_of_delta: float, ge
 
 def _lycoris_delta(lora: Any, base: torch.Tensor) -> torch.Tensor:
     """The delta as the saved file means it. lycoris-lora 4.1.3's in-memory LoHa/LoKr merge applies
-    ``scale = alpha / rank`` twice (field notes §7), so it is divided out once here."""
+    ``scale = alpha / rank`` twice (measured with lycoris-lora 4.1.3), so it is divided out once here."""
     merged = lora.get_merged_weight(multiplier=1, shape=base.shape, device="cpu")[0].float()
     delta = merged - base
     if type(lora).__name__ in ("LohaModule", "LokrModule"):

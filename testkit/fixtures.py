@@ -579,8 +579,8 @@ def _lycoris_meta(family: str, algo: str, options: dict[str, Any], kinds: dict[s
         meta["lycoris_merge_vs_dora_formula_max_rel_err"] = worst_rel
         meta["note"] = (
             "dora_scale = LyCORIS's init ||W||_row times (1 + 0.05 N(0,1)); reference W' - W with "
-            "W' = dora_scale * (W + dW) / ||W + dW||_row. Core ComfyUI 0.3.75 divides by ||W||_row instead "
-            "(field notes §2), so it disagrees with this reference by roughly the LoRA's relative norm."
+            "W' = dora_scale * (W + dW) / ||W + dW||_row. Core ComfyUI 0.3.75 divides by ||W||_row instead, "
+            "so it disagrees with this reference by roughly the LoRA's relative norm."
         )
     else:
         meta["reference_from"] = "saved file's math via lycoris.functional, scale = alpha/rank applied once"

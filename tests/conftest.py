@@ -31,6 +31,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import_comfy()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # One identity for the pack's modules: tests import them as ComfyUI does, ``lora_lab.*`` (import_pack),
+    # never as top-level ``lora_ops``/``train`` from the repository root, or classes and caches exist twice.
+    import sys
+
+    twice = sorted(m for m in sys.modules if m.split(".")[0] in ("lora_ops", "train"))
+    if twice:
+        raise pytest.UsageError(f"test modules imported the pack's modules outside lora_lab.*: {twice[:5]}; "
+                                "import them as lora_lab.lora_ops / lora_lab.train after testkit.host.import_pack()")
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory):
     """A started ComfyUI server (CPU, loopback) with this pack installed, shared by the session."""

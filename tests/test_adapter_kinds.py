@@ -18,12 +18,15 @@ import math
 import pytest
 import torch
 
-from lora_ops.adapters import KINDS, effective_delta
-from lora_ops.errors import LoraFileError
-from lora_ops.formats import parse_lora
-from lora_ops.keymap import Target
-from lora_ops.layers import LayerCall
-from lora_ops.merge import PatchEntry, apply_patches, restore_weights
+from testkit.host import import_pack
+
+import_pack()  # one identity for the pack's modules: lora_lab.*, as ComfyUI loads it
+from lora_lab.lora_ops.adapters import KINDS, effective_delta  # noqa: E402
+from lora_lab.lora_ops.errors import LoraFileError  # noqa: E402
+from lora_lab.lora_ops.formats import parse_lora  # noqa: E402
+from lora_lab.lora_ops.keymap import Target  # noqa: E402
+from lora_lab.lora_ops.layers import LayerCall  # noqa: E402
+from lora_lab.lora_ops.merge import PatchEntry, apply_patches, restore_weights  # noqa: E402
 
 NAME = "m"
 

@@ -3,7 +3,7 @@
 References are independent of ``lora_ops.blocks``: key lists come from ComfyUI's own model classes
 (the small SD1.5/SDXL models of ``testkit.models``, Flux/SD3/WAN built on the meta device), the
 diffusers-to-LDM map from ``comfy.utils.unet_to_diffusers``, the vector orders and presets are written
-out here from field-notes §3.
+out here from the LDM numbering of the UNet's blocks.
 """
 
 from __future__ import annotations
@@ -634,7 +634,7 @@ def test_inspire_reading_matches_the_reference_rule(sd15_keys, sdxl_keys):
 
 def test_inspire_counts_and_the_shared_position(sd15_keys, sdxl_keys):
     """Inspire's vector lengths: 17/12 for attention-only files, 27/21 for LyCORIS files without conv_in,
-    28/22 with conv_in (field-notes §3: the 27/21 counts hold for files without conv_in)."""
+    28/22 with conv_in (the 27/21 counts hold for files without conv_in)."""
     for (unet, te), lengths in ((sd15_keys, (17, 27, 28)), (sdxl_keys, (12, 21, 22))):
         weights = [k for k in unet if k.endswith(".weight")]
         no_conv_in = [k for k in weights if ".input_blocks.0." not in k]

@@ -98,7 +98,7 @@ def test_fixture_equals_core_loraloader_where_core_applies_it(built, family, nam
         # the motivating bug: core skips these files' attention targets without an error
         assert core_count < fx.meta["file_targets"]
     if name == "dora":
-        # core normalises DoRA against ||W|| (field-notes §2): measurably off the tool's own merge, which
+        # core normalises DoRA against ||W||: measurably off the tool's own merge, which
         # LoRA Lab matches (test_fixture_applies_fully_and_matches_the_tool); strengths 0.8/0.6 here
         ref = fx.reference()
         worst = max(((core_w[k] - base[k]) - 0.8 * ref[k]).norm().item() / (0.8 * ref[k]).norm().item()

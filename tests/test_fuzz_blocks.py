@@ -1,4 +1,4 @@
-"""Fuzz tests of the block-weight syntax and the user presets file (issue 17): any text, preset set or file
+"""Fuzz tests of the block-weight syntax and the user presets file: any text, preset set or file
 gives a result or LoRA Lab's own error (``BlockWeightsError``, a ``LoraLabError`` with a fix), never another
 exception, and within a time bound. Hypothesis runs derandomized (the same examples every run) and small,
 so the file takes a few seconds.

@@ -15,13 +15,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_ops.errors import LoraLabError
-from lora_ops.formats import parse_lora
-from lora_ops.keymap import KeyIndex
-from lora_ops.merge import apply_patches, restore_weights
-from lora_ops.plan import LoadedLora, plan_lora
-from lora_ops.families import detect_family
-from lora_ops.safeio import LoraFile
+from testkit.host import import_pack
+
+import_pack()  # one identity for the pack's modules: lora_lab.*, as ComfyUI loads it
+from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
+from lora_lab.lora_ops.formats import parse_lora  # noqa: E402
+from lora_lab.lora_ops.keymap import KeyIndex  # noqa: E402
+from lora_lab.lora_ops.merge import apply_patches, restore_weights  # noqa: E402
+from lora_lab.lora_ops.plan import LoadedLora, plan_lora  # noqa: E402
+from lora_lab.lora_ops.families import detect_family  # noqa: E402
+from lora_lab.lora_ops.safeio import LoraFile  # noqa: E402
 
 SUFFIXES = [
     ".lora_up.weight", ".lora_down.weight", ".lora_mid.weight", ".lora_A.weight", ".lora_B.weight", ".alpha",

@@ -326,7 +326,7 @@ def test_numeric_facts_live_in_one_place():
     inspector alike; 8-bit pixels are truncated as SaveImage writes them."""
     import numpy as np
 
-    from lora_ops import numerics
+    from lora_lab.lora_ops import numerics
 
     assert numerics.FP16_OVERFLOW == 65520.0 and numerics.FP16_MAX == 65504.0
     assert torch.tensor(65519.9).half().isfinite() and not torch.tensor(numerics.FP16_OVERFLOW).half().isfinite()

@@ -1,4 +1,4 @@
-"""What the page needs from the nodes, in process on the real ComfyUI (issue 18): the stack type that does not
+"""What the page needs from the nodes, in process on the real ComfyUI: the stack type that does not
 collide with other packs' LORA_STACK (and takes their lists), seeds without "control after generate", the
 multi-LoRA loader equal to LoraLabApplyStack, the Train node's advanced inputs, resuming a run under its own
 name, the cancel notice, the LoRA info route (trigger words, blocks touched), and the sweep's row labels and
@@ -223,7 +223,8 @@ def test_lora_info_blocks_are_the_blocks_the_file_touches_with_their_energy(lora
     from lora_lab.lora_ops.inspection import file_block
     from lora_lab.nodes.loader import cached_lora
 
-    info = page_routes.lora_info("sd15_kohya.safetensors")
+    info = page_routes.lora_info("sd15_kohya.safetensors", blocks=True)
+    assert "blocks" not in page_routes.lora_info("sd15_kohya.safetensors")  # trigger words only: the header
     lora = cached_lora(str(loras / "sd15_kohya.safetensors"))
     assert info["family"] == "sd1" and info["block_family"] == "sd1"
     counts: dict[str, int] = {}

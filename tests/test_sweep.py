@@ -11,7 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_ops.sweep import (Cell, SweepInputError, break_point, check_budget, flags_of, parse_axis, sweep_weights)
+from testkit.host import import_pack
+
+import_pack()  # one identity for the pack's modules: lora_lab.*, as ComfyUI loads it
+from lora_lab.lora_ops.sweep import (Cell, SweepInputError, break_point, check_budget, flags_of, parse_axis, sweep_weights)  # noqa: E402
 from testkit.host import import_pack, use_model_dirs
 
 # Batched rows vs core's merged weights: the same maths in another order; measured differences are

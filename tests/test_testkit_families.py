@@ -236,7 +236,6 @@ def _check_against_core(fx: family_loras.FamilyLora, res: core_ref.CoreResult) -
             continue
         if algo == "dora":
             # core 0.3.75 normalises DoRA by ||W|| on the output axis, the tools by ||W + dW||
-            # (field notes §2)
             assert 1e-3 < _rel(core_delta, ref[key]) < 1.0, key
             continue
         if meta["naming"] == "diffusers":

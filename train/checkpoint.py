@@ -165,7 +165,8 @@ def kohya_tensors(weights: Mapping[str, AdapterBase], precision: str,
     for name, adapter in weights.items():
         for k, v in adapter.file_tensors(name).items():
             if k in tensors:
-                raise ValueError(f"two trained layers map to the same file key '{k}'")
+                raise LoraLabError(f"two trained layers map to the same file key '{k}'.",
+                                   "train fewer targets (block selection) or report this model to LoRA Lab.")
             v = v.detach().cpu()
             keep = k.endswith(".alpha") or not v.is_floating_point()
             tensors[k] = (v if keep else v.to(dtype)).contiguous()

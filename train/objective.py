@@ -11,7 +11,7 @@ and what it predicts. Both are affine, which is all this module uses:
 ``apply_model`` returns the denoised estimate, so the native prediction error is
 ``out - out_target = (denoised - x0) / b``, and the loss is its mean square: the usual eps/v/flow loss.
 (Core's ``TrainLoraNode`` takes the mean square of ``denoised - x0`` instead: the same loss weighted by
-``b**2``, i.e. ``sigma**2`` for eps models, which all but ignores low noise levels; field-notes §5.)
+``b**2``, i.e. ``sigma**2`` for eps models, which all but ignores low noise levels.)
 
 Min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
 Strategy") weights the x0-space error by ``min(SNR, gamma)``; on the native loss that is the factor

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import LoraLabError
+
 
 @dataclass(frozen=True)
 class DropoutRates:
@@ -40,7 +42,7 @@ class DropoutRates:
         for name in ("dropout", "rank", "module"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} dropout must be in [0, 1), got {p}")
+                raise LoraLabError(f"{name} dropout must be in [0, 1), got {p}.", f"set {name} dropout to e.g. 0.1.")
 
     @property
     def active(self) -> bool:

@@ -1,7 +1,7 @@
 """Per-block LoRA weights: block maps of the model, one syntax to weight them, and a table of the result.
 
 Blocks are the *model's* blocks, found from its weight keys by :func:`block_of`; a position never depends
-on which blocks a LoRA file happens to contain (the top complaint about other loaders, field-notes §3).
+on which blocks a LoRA file happens to contain (the top complaint about other loaders).
 :func:`parse_block_weights` turns one string into a :class:`BlockWeights` whose ``factor(key)``
 multiplies the strength of the LoRA target patching that model weight key (0 drops the target).
 
@@ -10,7 +10,7 @@ Block maps (keys as ComfyUI names them; ``diffusion_model.`` marks the model, al
 
 - SD1.x / SD2.x (``sd1``, ``sd2``): ``input_blocks.N`` -> ``IN00``-``IN11`` (``input_blocks.0`` is
   conv_in, so conv_in is IN00), ``middle_block`` -> ``M00``, ``output_blocks.N`` -> ``OUT00``-``OUT11``.
-  Diffusers names map as field-notes §3 states: ``down_blocks.d.{resnets|attentions}.j`` ->
+  Diffusers names map as the LDM layout numbers its blocks: ``down_blocks.d.{resnets|attentions}.j`` ->
   ``IN(3d+j+1)``, ``down_blocks.d.downsamplers`` -> ``IN(3d+3)``, ``mid_block`` -> ``M00``,
   ``up_blocks.u.{resnets|attentions|upsamplers}.j`` -> ``OUT(3u+j)`` (upsamplers: ``OUT(3u+2)``),
   ``conv_in`` -> ``IN00``. Everything else of the UNet (time_embed, label_emb, the final norm and conv
@@ -84,7 +84,7 @@ Syntax (entries separated by commas or newlines, ``#`` starts a comment, names c
 
 Sources: block names and vector orders of sd-webui-lora-block-weight and ComfyUI Inspire Pack (its
 ``inspire/lora_block_weight.py`` and ``resources/lbw-preset.txt``, facts re-implemented); the
-diffusers-to-LDM mapping of field-notes §3.
+diffusers-to-LDM numbering of the UNet's blocks.
 """
 
 from __future__ import annotations
@@ -110,7 +110,6 @@ from .user_presets import (
     MAX_USER_PRESETS,
     PresetInfo,
     UserPresets,
-    builtin_preset,
     list_presets,
     load_user_presets,
     read_user_presets,
@@ -138,7 +137,6 @@ __all__ = [
     "block_notes",
     "block_of",
     "block_table",
-    "builtin_preset",
     "compact_names",
     "family_blocks",
     "family_spec",

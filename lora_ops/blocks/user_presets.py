@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..presets import BUILTIN_PRESETS, BuiltinPreset, INSPIRE_PRESETS
+from ..presets import BUILTIN_PRESETS, INSPIRE_PRESETS
 from ._base import BlockWeightsError, _BudgetSpent, _family_label, normalize_family
 from .inspire import _inspire_body
 from .layout import _normalize_name
@@ -251,7 +251,3 @@ def list_presets(family: str | None, user_presets: Mapping[str, str] | None = No
                 continue
         out.append(PresetInfo(name, syntax, "user"))
     return out
-
-
-def builtin_preset(name: str) -> BuiltinPreset | None:
-    return next((p for p in BUILTIN_PRESETS if p.name == name.upper()), None)

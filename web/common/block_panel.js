@@ -46,17 +46,22 @@ async function getJson(route) {
 
 const infoCache = new Map();
 
-/** GET /lora_lab/lora_info for `name` (trigger words, family, blocks touched), remembered per name. */
-export function loraInfo(name) {
+/**
+ * GET /lora_lab/lora_info for `name`, remembered per name: trigger words (from the file's header and the files
+ * next to it), and with `blocks` also the family it was made for and the blocks it touches (reads the file).
+ */
+export function loraInfo(name, { blocks = false } = {}) {
   if (!name) return Promise.resolve(null);
-  if (!infoCache.has(name)) {
-    const p = getJson(`/lora_lab/lora_info?name=${encodeURIComponent(name)}`).catch((err) => {
-      infoCache.delete(name);
+  const key = `${blocks ? "blocks" : "words"}:${name}`;
+  if (!infoCache.has(key)) {
+    const query = `name=${encodeURIComponent(name)}${blocks ? "&blocks=1" : ""}`;
+    const p = getJson(`/lora_lab/lora_info?${query}`).catch((err) => {
+      infoCache.delete(key);
       return { name, error: err.message, triggers: [], blocks: {} };
     });
-    infoCache.set(name, p);
+    infoCache.set(key, p);
   }
-  return infoCache.get(name);
+  return infoCache.get(key);
 }
 
 /** Forget what is known about LoRA files (after a save: a name may now be another file). */
@@ -85,7 +90,7 @@ async function resolveFamily(target) {
   if (reported) return { family: reported, source: "from the node's last report", notes };
   const lora = target.loraName();
   if (lora) {
-    const info = await loraInfo(lora);
+    const info = await loraInfo(lora, { blocks: true });
     if (info?.family) return { family: info.family, source: `the family ${lora} was made for`, notes };
   }
   notes.push("no model connected and no report yet: showing SD1.x; pick the family above");
@@ -251,7 +256,7 @@ export class BlockPanel {
     try {
       family = await resolveFamily(target);
       payload = await getJson(`/lora_lab/blocks?family=${encodeURIComponent(family.family)}`);
-      info = await loraInfo(target.loraName());
+      info = await loraInfo(target.loraName(), { blocks: true });
     } catch (err) {
       if (ticket !== this.loading) return;
       this.spec = null;
