@@ -4,7 +4,7 @@ Same fp16 full-size SD1.5-architecture UNet and the same five rank-8 PEFT LoRAs 
 one process. Core: ``comfy.sd.load_lora_for_models`` five times on the chained clones (what five
 ``LoraLoader`` nodes do), then ``patch_model``. LoRA Lab: every file planned (``nodes.loader.plan_for``,
 as ``LoraLabApplyStack`` does per row) and one clone carrying all entries, merged in one pass. Timing,
-memory and the bit-exact restore checks are those of :mod:`bench.lora_apply`.
+memory and the bit-exact restore checks are those of :mod:`bench.kit`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from . import lora_apply
-from .lora_apply import Impl, Snapshot, bench_apply, check_half
+from . import kit, lora_apply
+from .kit import Impl, Snapshot, bench_apply, check_half
 
 
 def _core_read(paths):
@@ -51,7 +51,7 @@ def _lab_stack(patcher, loras, strength):
 def make_impls(paths) -> dict[str, Impl]:
     return {
         "core": Impl("core", lambda: _core_read(paths), _core_chain, lambda c: len(c.patches)),
-        "lora_lab": Impl("lora_lab", lambda: _lab_read(paths), _lab_stack, lora_apply._lora_lab_targets),
+        "lora_lab": Impl("lora_lab", lambda: _lab_read(paths), _lab_stack, kit._lora_lab_targets),
     }
 
 
@@ -64,7 +64,7 @@ def run(patcher, paths, *, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
     result["devices"]["cpu"] = {"apply": bench_apply(patcher, impls, parsed, snapshot, device=torch.device("cpu"),
                                                      repeats=repeats, warmup=warmup)}
     if torch.cuda.is_available():
-        gpu = lora_apply.cuda_patcher(patcher)
+        gpu = kit.cuda_patcher(patcher)
         result["devices"]["cuda"] = {"apply": bench_apply(gpu, impls, parsed, snapshot, device=torch.device("cuda"),
                                                           repeats=repeats, warmup=warmup)}
     return result

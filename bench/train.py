@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .lora_apply import RssSampler, settle
+from .kit import RssSampler, settle
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def test_ratio_rows(result):
 
 
 def test_same_bits_sees_one_ulp():
-    from bench.lora_apply import same_bits
+    from bench.kit import same_bits
 
     a = torch.tensor([1.0, -0.0], dtype=torch.float16)
     assert same_bits(a, a.clone())
