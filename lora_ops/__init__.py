@@ -11,7 +11,7 @@ from .errors import (FamilyMismatchError, LoraFileError, LoraLabError, NonFinite
 from .families import detect_family, family_label, host_family
 from .formats import ParsedLora, parse_lora
 from .keymap import KeyIndex, Target, canonical_name, match_modules
-from .merge import PatchEntry, apply_patches, restore_weights
+from .patching import PatchEntry, apply_patches, restore_weights
 from .plan import LoadedLora, LoraPlan, load_lora, plan_lora
 from .inspection import Inspection, inspect_file, inspect_lora, plan_for_inspection, render_chart
 from .report import load_report

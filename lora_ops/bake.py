@@ -9,7 +9,7 @@ strength 1, give the same weights as the plan:
 * kinds whose delta depends on the base weight (DoRA, OFT/BOFT, GLoRA, set-weights), which loaders read
   differently, and targets behind a key-map transform: a full ``diff`` computed against the base weight the
   caller passes, exact for that base model in every loader;
-* slices of one fused weight joined into one module of the whole weight (an exact rank concat).
+* slices of one packed weight joined into one module of the whole weight (an exact rank concat).
 
 Targets whose factor is 0 are left out. Names come from the caller (the host knows the kohya spelling
 of each model weight), so this module stays host-free.
@@ -24,7 +24,7 @@ import torch
 from .adapters import FullDiff
 from .errors import LoraLabError
 from .keymap import Target, canonical_name
-from .merge import PatchEntry, delta_in_weight
+from .patching import PatchEntry, delta_in_weight
 
 
 def bake_entry(name: str, entry: PatchEntry, base: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -60,7 +60,7 @@ def bake_plan(entries: Iterable[PatchEntry], kohya_name: Callable[[PatchEntry], 
               base_weight: Callable[[str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """All entries with non-zero strength as one kohya-format state dict, one module per model weight.
 
-    Entries on slices of one fused weight (Flux's qkv from diffusers' to_q/to_k/to_v) are joined into one
+    Entries on slices of one packed weight (Flux's qkv from diffusers' to_q/to_k/to_v) are joined into one
     module of the whole weight (:func:`lora_ops.stackmerge.in_weight_layout` and an exact rank concat),
     so the file holds one module per weight, as kohya files do.
     """

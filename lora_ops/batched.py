@@ -10,7 +10,7 @@ For a low-rank adapter ``dW = scale * up @ down`` the extra term is two thin pro
 ``up (down x_b)`` (two small convolutions for LoCon: the ``down`` kernel with the layer's stride and
 padding, then a 1x1 ``up``), so the cost is a rank-r forward per layer. LoHa, LoKr, full diffs and
 DoRA are formed once as a weight-shaped delta (DoRA normalised against the base weight, exactly as
-:func:`lora_ops.merge.apply_patches` merges it) and applied as ``F.linear``/``F.conv`` of that delta.
+:func:`lora_ops.patching.apply_patches` merges it) and applied as ``F.linear``/``F.conv`` of that delta.
 
 Rows whose strength is 0 are skipped (not multiplied by 0), so a reference row sees exactly
 ``W x``. Everything runs in the activations' dtype and device (fp16 on a GPU), with the factors
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .errors import LoraLabError
 from .layers import LayerCall
-from .merge import PatchEntry
+from .patching import PatchEntry
 from .numerics import overflow_limit
 
 # weight key -> fp32 base weight (for the kinds whose delta depends on it, and DoRA)

@@ -2,13 +2,13 @@
 
 Every function here works on one weight at a time and knows nothing of files, nodes or the host. A
 *part* is anything with ``.adapter`` (an :mod:`~lora_ops.adapters` dataclass) and ``.strength``
-(a float): a :class:`~lora_ops.merge.PatchEntry` fits, so the list of entries a stack puts on one
+(a float): a :class:`~lora_ops.patching.PatchEntry` fits, so the list of entries a stack puts on one
 weight key can be passed in as it is. The live stack those parts describe is
 
     ``W = W0 + sum_i s_i * dW_i``        (``dW_i`` at strength 1, scale ``alpha / r`` included;
                                           a DoRA part's ``dW_i = dora_delta(W0, adapter_i)``)
 
-which is exactly what :func:`~lora_ops.merge.apply_patches` computes. The methods:
+which is exactly what :func:`~lora_ops.patching.apply_patches` computes. The methods:
 
 * :func:`merge_concat` -- exact rank concatenation of low-rank parts (rank = sum of ranks).
 * :func:`merge_sum` -- the plain weighted delta sum as a :class:`FullDiff` (exact, full size).
@@ -162,7 +162,7 @@ def part_delta(part: WeightedAdapter, shape: Sequence[int], base: torch.Tensor |
     """``dW`` of one part at strength 1 (not multiplied by its strength), in ``dtype``, of ``shape``.
 
     A part whose delta depends on the base weight (DoRA, OFT/BOFT, GLoRA, set-weights) is materialised
-    against ``base``, as :func:`~lora_ops.merge.apply_patches` does; it needs ``base``.
+    against ``base``, as :func:`~lora_ops.patching.apply_patches` does; it needs ``base``.
     """
     a = part.adapter
     shape = torch.Size(shape)

@@ -25,7 +25,7 @@ Each launch merges at most one LoRA into a weight (tiles of one launch must not 
 with several LoRAs gets one launch per LoRA ("rounds"), undone in reverse order.
 
 :func:`available` says whether this path can run (Triton importable and the weight on CUDA); the
-caller (``lora_ops.merge``) falls back to its backup-based path otherwise.
+caller (``lora_ops.patching``) falls back to its backup-based path otherwise.
 """
 
 from __future__ import annotations

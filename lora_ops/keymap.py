@@ -2,7 +2,7 @@
 
 The host (ComfyUI) already knows how its models are named in many LoRA dialects: its key maps
 (``comfy.lora.model_lora_keys_unet/_clip``) map a LoRA module name to a model weight key, or to
-``(key, (dim, offset, length))`` for a slice of a fused weight (Flux's ``linear1`` qkv), or to
+``(key, (dim, offset, length))`` for a slice of a packed weight (Flux's ``linear1`` qkv), or to
 ``(key, offset, function)`` where the delta must be transformed first. LoRA Lab takes such a map as
 data and adds one thing: a canonical form in which the naming variants that the host spells out one by
 one compare equal, so that files which the host skips silently (PEFT and
@@ -34,7 +34,7 @@ _PREFIXES = (
 class Target:
     """A model weight that a LoRA module patches.
 
-    ``offset = (dim, start, length)`` for a slice of a fused weight (Flux's ``linear1`` holds q, k, v and
+    ``offset = (dim, start, length)`` for a slice of a packed weight (Flux's ``linear1`` holds q, k, v and
     the MLP input); ``transform``: a function of the delta that the host's key map carries for this name
     (ComfyUI's ``swap_scale_shift`` for diffusers' ``norm_out.linear``, whose rows are stored (shift,
     scale) where ComfyUI's modulation has (scale, shift)); the delta is ``transform(dW)``.

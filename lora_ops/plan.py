@@ -20,7 +20,7 @@ from .errors import FamilyMismatchError, LoraFileError, LoraLabError, NonFiniteE
 from .families import FamilyGuess, detect_family, family_label, same_family
 from .formats import ParsedLora, apply_peft_alphas, parse_lora
 from .keymap import KeyIndex
-from .merge import PatchEntry, find_misfits, find_nonfinite
+from .patching import PatchEntry, find_misfits, find_nonfinite
 from .safeio import LoraFile, read_lora_file
 
 # A per-target multiplier (block weights): called with the model weight key, returns the factor.

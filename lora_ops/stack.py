@@ -1,6 +1,6 @@
 """Stacks of LoRAs: rows, strength normalisation, and where the LoRAs of a stack agree or fight.
 
-A stack is applied as one list of :class:`~lora_ops.merge.PatchEntry` (every row's entries together),
+A stack is applied as one list of :class:`~lora_ops.patching.PatchEntry` (every row's entries together),
 merged in one pass: plain deltas add, and DoRA deltas are each normalised against the base weight, so
 the result does not depend on the order of the rows.
 
@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from .errors import LoraLabError
-from .merge import PatchEntry, delta_in_weight
+from .patching import PatchEntry, delta_in_weight
 
 Normalization = Literal["none", "sum", "norm"]
 
@@ -78,7 +78,7 @@ def _dense(entry: PatchEntry, shape: torch.Size, base: torch.Tensor | None) -> t
 
 
 def _disjoint(a: PatchEntry, b: PatchEntry) -> bool:
-    """Whether two entries patch non-overlapping slices of one fused weight."""
+    """Whether two entries patch non-overlapping slices of one packed weight."""
     oa = None if a.is_bias else a.target.offset
     ob = None if b.is_bias else b.target.offset
     if oa is None or ob is None or oa[0] != ob[0]:

@@ -26,7 +26,7 @@ from . import combine
 from .adapters import FullDiff, LoraWeights
 from .errors import LoraLabError
 from .keymap import Target
-from .merge import PatchEntry, delta_in_weight
+from .patching import PatchEntry, delta_in_weight
 
 Method = Literal["concat", "svd", "sum", "ties", "dare", "magnitude_prune"]
 METHODS: tuple[str, ...] = ("concat", "svd", "sum", "ties", "dare", "magnitude_prune")
@@ -119,7 +119,7 @@ def merge_stack(entries: Sequence[PatchEntry], method: str, *, rank: int = 0, en
                 shape_of: Callable[[str], torch.Size]) -> MergedStack:
     """Merge every entry (all rows, model and text encoder) into one adapter per weight key.
 
-    Entries on slices of a fused weight (Flux's qkv), behind a key-map transform, or whose delta depends
+    Entries on slices of a packed weight (Flux's qkv), behind a key-map transform, or whose delta depends
     on the base weight are first put in the whole weight's layout (:func:`in_weight_layout`), so every
     merged layer is a plain LoRA or full diff of one weight, which any loader reads.
     """

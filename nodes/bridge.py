@@ -6,7 +6,7 @@ How it fits the host's life cycle, using only its extension points:
   the input model is never changed.
 * ComfyUI calls ``inject`` when it has loaded the model (after its own weight patches, such as core
   ``LoraLoader``'s, are in place) and ``eject`` before it unpatches, unloads, detaches, or hands the
-  module to another clone. ``inject`` merges our deltas (``lora_ops.merge``: in place on the GPU,
+  module to another clone. ``inject`` merges our deltas (``lora_ops.patching``: in place on the GPU,
   by swapping in merged tensors on the CPU) and keeps what undoes them; ``eject`` restores the
   original weights bit-exactly. Nothing moves between devices: a strength change rewrites only the
   weights the LoRAs touch, from their original values.
@@ -30,7 +30,7 @@ from ..lora_ops.batched import BatchedDelta, LayerCall, add_row_deltas
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import family_key, model_label
 from ..lora_ops.keymap import KeyIndex
-from ..lora_ops.merge import Backup, PatchEntry, WeightCodec, apply_patches, restore_weights
+from ..lora_ops.patching import Backup, PatchEntry, WeightCodec, apply_patches, restore_weights
 
 log = logging.getLogger(__name__)
 

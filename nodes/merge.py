@@ -10,7 +10,7 @@ from ..lora_ops.bake import kohya_metadata, lora_state_dict, network_module_for
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import FamilyGuess
 from ..lora_ops.formats import ParsedLora
-from ..lora_ops.merge import PatchEntry
+from ..lora_ops.patching import PatchEntry
 from ..lora_ops.plan import LoadedLora
 from ..lora_ops.safeio import LoraFile, write_safetensors_atomic
 from ..lora_ops.stackmerge import METHODS, merge_stack

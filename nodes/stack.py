@@ -9,7 +9,7 @@ import folder_paths
 
 from ..lora_ops import family_label
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.merge import PatchEntry
+from ..lora_ops.patching import PatchEntry
 from ..lora_ops.plan import LoadedLora, LoraPlan
 from ..lora_ops.blocks import block_of, family_blocks
 from ..lora_ops.stack import LoraStack, StackRow, conflict_chart, conflicts, normalize_strengths, scaled

@@ -29,7 +29,7 @@ from ..lora_ops import family_label
 from ..lora_ops.batched import BatchedDelta, BatchLayoutError, overflow_weights, prepare_deltas
 from ..lora_ops.blocks import block_notes
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.merge import PatchEntry
+from ..lora_ops.patching import PatchEntry
 from ..lora_ops.numerics import HALF_DTYPES, to_uint8
 from ..lora_ops.plan import LoadedLora
 from ..lora_ops.stack import LoraStack

@@ -26,7 +26,7 @@ from lora_lab.lora_ops.errors import LoraFileError  # noqa: E402
 from lora_lab.lora_ops.formats import parse_lora  # noqa: E402
 from lora_lab.lora_ops.keymap import Target  # noqa: E402
 from lora_lab.lora_ops.layers import LayerCall  # noqa: E402
-from lora_lab.lora_ops.merge import PatchEntry, apply_patches, restore_weights  # noqa: E402
+from lora_lab.lora_ops.patching import PatchEntry, apply_patches, restore_weights  # noqa: E402
 
 NAME = "m"
 

@@ -16,7 +16,7 @@ from lora_lab.lora_ops.adapters import FullDiff, LohaWeights, LokrWeights, LoraW
 from lora_lab.lora_ops.batched import (LayerCall, add_row_deltas, merge_overflow_weights,  # noqa: E402
                                        overflow_weights, prepare_deltas)
 from lora_lab.lora_ops.keymap import Target  # noqa: E402
-from lora_lab.lora_ops.merge import PatchEntry, apply_patches  # noqa: E402
+from lora_lab.lora_ops.patching import PatchEntry, apply_patches  # noqa: E402
 
 STRENGTHS = [0.0, 0.5, 1.0, -0.7]
 EVERY_ROW = [0.3, 0.5, 1.0, -0.7]  # no row at 0: the deltas are added straight into the output

@@ -26,7 +26,7 @@ from lora_lab.lora_ops.adapters import (FullDiff, LohaWeights, LokrWeights, Lora
                                         dora_delta)
 from lora_lab.lora_ops.errors import LoraLabError, ShapeMismatchError  # noqa: E402
 from lora_lab.lora_ops.keymap import Target  # noqa: E402
-from lora_lab.lora_ops.merge import PatchEntry, apply_patches  # noqa: E402
+from lora_lab.lora_ops.patching import PatchEntry, apply_patches  # noqa: E402
 
 
 def gen(seed=0):

@@ -21,7 +21,7 @@ import_pack()  # one identity for the pack's modules: lora_lab.*, as ComfyUI loa
 from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
 from lora_lab.lora_ops.formats import parse_lora  # noqa: E402
 from lora_lab.lora_ops.keymap import KeyIndex  # noqa: E402
-from lora_lab.lora_ops.merge import apply_patches, restore_weights  # noqa: E402
+from lora_lab.lora_ops.patching import apply_patches, restore_weights  # noqa: E402
 from lora_lab.lora_ops.plan import LoadedLora, plan_lora  # noqa: E402
 from lora_lab.lora_ops.families import detect_family  # noqa: E402
 from lora_lab.lora_ops.safeio import LoraFile  # noqa: E402

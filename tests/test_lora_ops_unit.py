@@ -21,7 +21,7 @@ from testkit.host import import_pack
 
 pack = import_pack()
 ops = pack.lora_ops
-from lora_lab.lora_ops import merge as merge_mod  # noqa: E402  (import_pack registers the package)
+from lora_lab.lora_ops import patching as merge_mod  # noqa: E402  (import_pack registers the package)
 from lora_lab.lora_ops.keymap import Target  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

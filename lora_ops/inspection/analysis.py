@@ -14,7 +14,7 @@ from ..adapters import Adapter
 from ..blocks import block_of, family_blocks
 from ..errors import LoraLabError, NonFiniteError
 from ..keymap import KeyIndex
-from ..merge import PatchEntry, factors_finite, target_view
+from ..patching import PatchEntry, factors_finite, target_view
 from ..numerics import FP16_OVERFLOW, FP16_UNDERFLOW
 from ..plan import LoadedLora, LoraPlan, load_lora, plan_lora
 from .file_blocks import file_block

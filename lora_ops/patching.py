@@ -1,32 +1,34 @@
-"""Merging deltas into live weights in place, and restoring them bit-exactly.
+"""Patching: adding LoRA deltas to a model's live weights, and restoring them bit-exactly.
 
-Three paths, chosen per weight:
+("Patching" here, as in ComfyUI's ``ModelPatcher``; merging several LoRAs into one is
+:mod:`lora_ops.combine` and :mod:`lora_ops.stackmerge`.) Four paths, chosen per weight:
 
-* GPU, fp16/bf16 weight, plain low-rank adapters (LoRA, LoCon, Tucker folded): ``lora_ops.fused``.
-  One Triton kernel merges every such weight in place, ``W' = round(W + s * up @ down)`` with fp32
-  math, and records the few elements whose original bits the rounding lost; the restore subtracts
+* GPU, fp16/bf16 weight, plain low-rank adapters (LoRA, LoCon, Tucker folded): ``lora_ops.fused``, the
+  fused kernel. One Triton launch adds every such delta in place, ``W' = round(W + s * up @ down)`` with
+  fp32 math, and records the few elements whose original bits the rounding lost; the restore subtracts
   the same product and writes those bits back. No backup of the weights, one read and one write per
   weight element, one launch for all weights.
-* CPU (``in_place=False``, as the ComfyUI bridge asks): the merged weight is computed into a new
-  tensor and swapped in; the original tensor itself is the backup, so restoring is swapping it back.
-  LoRA/LoCon, LoHa and LoKr adapters on the whole weight are computed in row chunks that stay in
-  cache (fp32 math, one rounding); everything else (full diffs, DoRA, Tucker cores in LoHa/LoKr, fused
-  slices) by the general merge below, applied to a copy.
+* CPU (``in_place=False``, as the ComfyUI bridge asks): the patched weight is computed into a new tensor
+  and swapped in; the original tensor itself is the backup, so restoring is swapping it back. LoRA/LoCon,
+  LoHa and LoKr adapters on the whole weight are computed in row chunks that stay in cache (fp32 math,
+  one rounding); everything else (full diffs, DoRA, OFT/BOFT/GLoRA, Tucker cores in LoHa/LoKr, slices of
+  packed weights) by the general path below, applied to a copy.
+* Weights that are not plain floats (fp8, ComfyUI's scaled fp8 and quantized layers), with a
+  :class:`WeightCodec` from the host, and weights a LoRA widens (``reshape``, BFL's Flux control LoRAs):
+  decoded to fp32 (zero-padded to the new shape), patched, encoded back the way the host does, and
+  swapped in; the original tensor (or parameter object) is the backup.
 * Everything else (LoHa/LoKr/full/DoRA on the GPU, Triton missing, callers that need the very tensors
   written): the weight is copied to ``backup_device`` first, every delta is added in place (on the GPU
   in the weight's dtype: ``addmm_`` for low-rank factors, deltas formed in fp16/bf16 on the device; on
   the CPU through one fp32 copy of the layer) and the copy is written back on restore.
 
 Every delta comes from :func:`~lora_ops.adapters.effective_delta` (the kind's delta, the key map's
-transform, DoRA normalised against the base weight ``W0``, the weight before this merge, so several
-DoRAs stack in any order). Weights that are not plain floats (fp8, ComfyUI's scaled fp8 and quantized
-layers) carry a :class:`WeightCodec` from the host: they are decoded to fp32, merged, encoded back the
-way the host does, and swapped in; the original tensor is the backup. A weight a LoRA widens (``reshape``,
-BFL's Flux control LoRAs) is zero-padded to the new shape, merged and swapped in the same way.
+transform, DoRA normalised against the base weight ``W0``, the weight before this patch, so several
+DoRAs stack in any order).
 
-Peak extra memory is one layer's worth (plus, on the fused path, the element records). A merged
-half-precision weight that is no longer finite (fp16 values of 65520 and more become inf) is restored at once and
-reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
+Peak extra memory is one layer's worth (plus, on the fused path, the element records). A patched
+half-precision weight that is no longer finite (fp16 values of 65520 and more become inf) is restored
+at once and reported with its layer names in :class:`~lora_ops.errors.OverflowRiskError`.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class WeightCodec:
 
 
 def target_view(weight: torch.Tensor, offset: tuple[int, int, int] | None) -> torch.Tensor:
-    """The part of ``weight`` a patch writes to: the whole tensor or a ``narrow`` view of a fused one."""
+    """The part of ``weight`` a patch writes to: the whole tensor or a ``narrow`` view of a packed one."""
     if offset is None:
         return weight
     dim, start, length = offset
@@ -118,7 +120,7 @@ def slice_shape(shape, offset: tuple[int, int, int] | None) -> torch.Size:
 
 def delta_in_weight(entry: PatchEntry, shape, base: torch.Tensor | None = None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``strength * dW`` of ``entry`` laid out as the whole weight of ``shape`` (zeros outside a fused
+    """``strength * dW`` of ``entry`` laid out as the whole weight of ``shape`` (zeros outside a packed
     slice); ``base`` is the whole unpatched weight (narrowed here for a slice)."""
     offset = None if entry.is_bias else entry.target.offset
     part = slice_shape(shape, offset)
@@ -408,7 +410,7 @@ def apply_patches(weights: MutableMapping[str, torch.Tensor], entries: Iterable[
                     terms = _row_terms(group, *w2d.shape) if w2d is not None else None
                     if terms is not None:
                         merged, finite = _merged_copy_cpu(weight, terms)
-                    else:  # full diffs, DoRA, OFT/GLoRA, Tucker cores, fused slices: the general merge
+                    else:  # full diffs, DoRA, OFT/GLoRA, Tucker cores, packed-weight slices: the general merge
                         merged = torch.empty_like(weight, memory_format=torch.contiguous_format).copy_(weight)
                         finite = _merge_group(merged, weight, group)
                     backup.replaced[key] = weight
