@@ -195,7 +195,7 @@ def _core_clone(patcher, lora_sd, strength):
 
 
 def _lora_lab_clone(patcher, loaded, strength):
-    from lora_lab.nodes.loader import apply_lora  # noqa: PLC0415
+    from lora_lab.nodes.planning import apply_lora  # noqa: PLC0415
 
     return apply_lora(patcher, None, loaded, strength, strength).model
 

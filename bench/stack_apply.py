@@ -39,7 +39,7 @@ def _lab_read(paths):
 
 
 def _lab_stack(patcher, loras, strength):
-    from lora_lab.nodes.loader import clones_with, plan_for  # noqa: PLC0415
+    from lora_lab.nodes.planning import clones_with, plan_for  # noqa: PLC0415
 
     entries = []
     for lora in loras:

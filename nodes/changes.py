@@ -65,7 +65,7 @@ def folder_fingerprint(text: str) -> str:
 
 def presets_fingerprint() -> str:
     """SHA-256 of the user's block presets file (``""`` when there is none)."""
-    from .loader import user_presets_path  # noqa: PLC0415
+    from .lora_files import user_presets_path  # noqa: PLC0415
 
     path = user_presets_path()
     return _digest_or_marker(str(path), "presets") if path.is_file() else ""

@@ -13,7 +13,8 @@ from ..lora_ops.plan import LoadedLora
 from . import bridge
 from .changes import inputs_fingerprint
 from .images import image_tensor
-from .loader import cached_lora, model_family_of, resolve_lora_path
+from .lora_files import cached_lora, resolve_lora_path
+from .planning import model_family_of
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from ..lora_ops.plan import LoadedLora
 from ..lora_ops.safeio import LoraFile, write_safetensors_atomic
 from ..lora_ops.stackmerge import METHODS, merge_stack
 from . import bridge
-from .bake import lora_output_path
-from .loader import model_family_of
+from .lora_files import lora_output_path
+from .planning import model_family_of
 from .stack import NORMALIZATIONS, plan_stack, stack_entries
 from .stack_types import STACK_INPUT
 

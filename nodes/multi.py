@@ -19,7 +19,7 @@ import math
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.stack import LoraStack, StackRow
 from .changes import lora_fingerprint, presets_fingerprint
-from .loader import clones_with
+from .planning import clones_with
 from .stack import plan_stack, stack_entries
 from .stack_types import STACK_INPUT, STACK_TYPE, read_stack
 

@@ -35,7 +35,7 @@ from aiohttp import web
 from ..lora_ops.families import family_label
 from ..lora_ops.inspection import file_block, training_info
 from ..lora_ops.safeio import read_safetensors_header
-from .loader import cached_lora
+from .lora_files import cached_lora
 from .routes import MAX_QUERY_CHARS, error_response, json_errors, prompt_server, run_off_loop
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ from ..lora_ops.blocks import (
 from ..lora_ops.errors import LoraLabError
 from ..lora_ops.families import family_key
 from ..lora_ops.safeio import read_safetensors_header as read_safetensors_header_checked
-from .loader import user_presets_path
+from .lora_files import user_presets_path
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from . import bridge
 from .changes import inputs_fingerprint
 from .images import image_tensor
 from .stack_types import STACK_INPUT, STACK_TYPE, read_stack
-from .loader import (BLOCK_EXTRA_INPUTS, cached_lora, clones_with, model_family_of, plan_for, resolve_block_weights,
-                     resolve_lora_path)
+from .lora_files import cached_lora, resolve_lora_path
+from .planning import BLOCK_EXTRA_INPUTS, clones_with, model_family_of, plan_for, resolve_block_weights
 
 NORMALIZATIONS = ["none", "sum", "norm"]
 

@@ -39,7 +39,8 @@ from ..lora_ops.safeio import atomic_target
 from . import bridge
 from .changes import inputs_fingerprint
 from .images import image_tensor
-from .loader import BLOCK_EXTRA_INPUTS, cached_lora, model_family_of, plan_for, resolve_block_weights, resolve_lora_path
+from .lora_files import cached_lora, resolve_lora_path
+from .planning import BLOCK_EXTRA_INPUTS, model_family_of, plan_for, resolve_block_weights
 from .stack import plan_stack, stack_entries
 from .stack_types import STACK_INPUT, read_stack
 

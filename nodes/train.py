@@ -33,9 +33,10 @@ from ..train.settings import (ALGORITHMS, MAX_RANK, MAX_STEPS, OPTIMIZERS, SAVE_
                               TRAINING_DTYPES, TrainSettings, TrainSettingsError)
 from . import bridge, notices, sampling, train_host
 from .changes import inputs_fingerprint
-from .bake import lora_output_path, output_stem
+from .lora_files import lora_output_path, output_stem
 from .images import image_tensor
-from .loader import apply_lora, model_family_of, resolve_block_weights, resolve_lora_path
+from .lora_files import resolve_lora_path
+from .planning import apply_lora, model_family_of, resolve_block_weights
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from lora_lab.lora_ops import errors, load_lora  # noqa: E402
 from lora_lab.lora_ops.blocks import parse_block_weights  # noqa: E402
 from lora_lab.lora_ops.presets import BUILTIN_PRESETS  # noqa: E402
 from lora_lab.nodes.bake import LoraLabBake  # noqa: E402
-from lora_lab.nodes.loader import LoraLabLoader, apply_lora  # noqa: E402
+from lora_lab.nodes.loader import LoraLabLoader  # noqa: E402
+from lora_lab.nodes.planning import apply_lora  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_clones_strength_changes_and_core_patches_share_one_module_bit_exactly(f
     import comfy.sd
 
     from lora_lab.lora_ops import load_lora
-    from lora_lab.nodes.loader import apply_lora
+    from lora_lab.nodes.planning import apply_lora
 
     mm.unload_all_models()
     model, _ = models.small_sd15(dtype)

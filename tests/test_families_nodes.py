@@ -34,7 +34,8 @@ from lora_lab.lora_ops.batched import BatchLayoutError, prepare_deltas  # noqa: 
 from lora_lab.lora_ops.plan import load_lora  # noqa: E402
 from lora_lab.nodes import bridge  # noqa: E402
 from lora_lab.nodes.inspect import inspect_for_host  # noqa: E402
-from lora_lab.nodes.loader import LoraLabLoader, plan_for  # noqa: E402
+from lora_lab.nodes.loader import LoraLabLoader  # noqa: E402
+from lora_lab.nodes.planning import plan_for  # noqa: E402
 from lora_lab.nodes.merge import LoraLabMerge, LoraLabSave  # noqa: E402
 from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack  # noqa: E402
 

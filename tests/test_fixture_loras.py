@@ -20,7 +20,7 @@ from testkit.host import import_pack
 
 import_pack()
 from lora_lab.lora_ops import load_lora  # noqa: E402
-from lora_lab.nodes.loader import apply_lora  # noqa: E402
+from lora_lab.nodes.planning import apply_lora  # noqa: E402
 
 CASES = [(fam, name) for fam in ("sd15", "sdxl") for name in fixtures.SMALL_FIXTURES]
 

@@ -160,7 +160,7 @@ def test_strength_change_on_the_gpu_rewrites_in_place_and_restores(gpu_model):
 
     from lora_lab.lora_ops import load_lora
     from lora_lab.nodes.bridge import _ACTIVE
-    from lora_lab.nodes.loader import apply_lora
+    from lora_lab.nodes.planning import apply_lora
 
     gpu, path, snapshot = gpu_model
     lora = load_lora(path)

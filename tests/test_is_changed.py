@@ -15,7 +15,7 @@ from testkit.host import import_pack, use_model_dirs
 import_pack()
 from lora_lab.lora_ops.safeio import file_sha256  # noqa: E402
 from lora_lab.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
-from lora_lab.nodes.loader import cached_lora  # noqa: E402
+from lora_lab.nodes.lora_files import cached_lora  # noqa: E402
 
 MODULE = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
 
@@ -90,7 +90,7 @@ def test_missing_files_give_a_marker_not_an_error(loras):
 def test_user_presets_are_part_of_the_fingerprint(loras, tmp_path):
     import folder_paths
 
-    from lora_lab.nodes.loader import user_presets_path
+    from lora_lab.nodes.lora_files import user_presets_path
 
     old = folder_paths.get_user_directory()
     folder_paths.set_user_directory(str(tmp_path / "user"))

@@ -17,7 +17,7 @@ import folder_paths  # noqa: E402
 
 from lora_lab.lora_ops.errors import LoraLabError  # noqa: E402
 from lora_lab.lora_ops.plan import load_lora  # noqa: E402
-from lora_lab.nodes.bake import lora_output_path, output_stem  # noqa: E402
+from lora_lab.nodes.lora_files import lora_output_path, output_stem  # noqa: E402
 from lora_lab.nodes.merge import LoraLabSave  # noqa: E402
 
 

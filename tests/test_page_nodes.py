@@ -221,7 +221,7 @@ def test_lora_info_trigger_words_come_from_sidecars_then_metadata_then_caption_t
 
 def test_lora_info_blocks_are_the_blocks_the_file_touches_with_their_energy(loras, fx):
     from lora_lab.lora_ops.inspection import file_block
-    from lora_lab.nodes.loader import cached_lora
+    from lora_lab.nodes.lora_files import cached_lora
 
     info = page_routes.lora_info("sd15_kohya.safetensors", blocks=True)
     assert "blocks" not in page_routes.lora_info("sd15_kohya.safetensors")  # trigger words only: the header

@@ -13,7 +13,7 @@ from testkit.host import import_pack, use_model_dirs
 
 import_pack()
 from lora_lab.lora_ops import errors, load_lora  # noqa: E402
-from lora_lab.nodes.loader import apply_lora  # noqa: E402
+from lora_lab.nodes.planning import apply_lora  # noqa: E402
 from lora_lab.nodes.merge import LoraLabMerge, LoraLabSave  # noqa: E402
 from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack  # noqa: E402
 

@@ -28,7 +28,7 @@ import comfy.utils  # noqa: E402
 from lora_lab.lora_ops.errors import LoraLabError, OverflowRiskError  # noqa: E402
 from lora_lab.lora_ops.inspection import training_info  # noqa: E402
 from lora_lab.lora_ops.plan import load_lora  # noqa: E402
-from lora_lab.nodes.loader import apply_lora  # noqa: E402
+from lora_lab.nodes.planning import apply_lora  # noqa: E402
 from lora_lab.nodes.train import prepare, train_and_report  # noqa: E402
 from lora_lab.nodes import sampling, train_host  # noqa: E402
 from lora_lab.train.checkpoint import read_checkpoint, state_path_for  # noqa: E402
