@@ -21,7 +21,6 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import folder_paths
-import latent_preview
 import torch
 from PIL import Image
 
@@ -36,7 +35,7 @@ from ..lora_ops.stack import LoraStack
 from ..lora_ops.sweep import (AXES, BREAK_RULE, Cell, SweepInputError, break_point, check_budget, compose_grid,
                               flags_of, measure_row, metrics_chart, parse_axis, sweep_weights)
 from ..lora_ops.safeio import atomic_target
-from . import bridge
+from . import bridge, sampling
 from .changes import inputs_fingerprint
 from .images import image_tensor
 from .lora_files import cached_lora, resolve_lora_path
@@ -48,6 +47,64 @@ log = logging.getLogger(__name__)
 
 NO_LORA = "(none)"
 BATCH_MODES = ["auto", "batched", "repatch"]
+
+
+@dataclass
+class SweepRequest:
+    """Everything the node was given (its inputs by name, as ComfyUI passes them)."""
+
+    model: object
+    clip: object
+    vae: object
+    lora_name: str
+    positive: str
+    negative: str
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    width: int
+    height: int
+    weight_start: float
+    weight_end: float
+    weight_count: int
+    include_reference: bool
+    block_weights: str
+    axis: str
+    axis_values: str
+    lora: object = None
+    lora_stack: object = None
+    lora_name_b: str = NO_LORA
+    sweep_clip: bool = True
+    batch_mode: str = "auto"
+    max_batch: int = 0
+    filename_prefix: str = "lora_lab/sweep"
+    allow_other_family: bool = False
+    block_a: float = 1.0
+    block_b: float = 1.0
+    block_seed: int = 0
+    prompt: object = None
+    extra_pnginfo: object = None
+    positive_cond: object = None
+    negative_cond: object = None
+
+
+@dataclass
+class SweepPlan:
+    """What the checks and planning found, before anything is sampled."""
+
+    weights: list[float]
+    swept: LoadedLora
+    swept_name: str
+    swept_bw: str
+    rows: list  # RowSpec
+    deltas: list[dict]  # per row: weight key -> BatchedDelta
+    limits: list[tuple[float, float]]  # per row: the weights beyond which a merge overflows
+    latent: torch.Tensor
+    mode: str
+    chunk: int
+    fallback: str = ""  # why batched mode gave way to repatch, when it did
 
 
 @dataclass
@@ -65,10 +122,6 @@ class RowSpec:
 
 def _scaled(entries: list[PatchEntry], factor: float) -> list[PatchEntry]:
     return [replace(e, strength=e.strength * factor) for e in entries]
-
-
-def _encode(clip, text: str):
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 class _Conditioning:
@@ -89,7 +142,7 @@ class _Conditioning:
             raise SweepInputError("no CLIP is connected and no positive_cond/negative_cond either.",
                                   "connect the CLIP of your checkpoint, or your own conditioning to positive_cond "
                                   "and negative_cond.")
-        return _encode(clip, text)
+        return sampling.encode_prompt(clip, text)
 
 
 def _clip_with(clip, entries: list[PatchEntry]):
@@ -115,26 +168,6 @@ def _batch_conditioning(conds: list) -> list:
                 merged[k] = torch.cat([c[i][1][k] for c in conds])
         out.append([torch.cat([c[i][0] for c in conds]), merged])
     return out
-
-
-class _Progress:
-    """One progress bar over every sampler call of the sweep, with latent previews; cancel is checked
-    by ComfyUI's progress hook at every step."""
-
-    def __init__(self, model, total: int):
-        self.total = max(total, 1)
-        self.done = 0
-        self.bar = comfy.utils.ProgressBar(self.total)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-
-    def callback(self, steps: int):
-        offset = self.done
-        self.done += steps
-
-        def cb(step, x0, x, total_steps):
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
-            self.bar.update_absolute(offset + step + 1, self.total, preview)
-        return cb
 
 
 class LoraLabSweep:
@@ -211,171 +244,187 @@ class LoraLabSweep:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def sweep(self, model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name, scheduler,
-              width, height, weight_start, weight_end, weight_count, include_reference, block_weights, axis,
-              axis_values, lora=None, lora_stack=None, lora_name_b=NO_LORA, sweep_clip=True, batch_mode="auto",
-              max_batch=0, filename_prefix="lora_lab/sweep", allow_other_family=False, block_a=1.0, block_b=1.0,
-              block_seed=0, prompt=None, extra_pnginfo=None, positive_cond=None, negative_cond=None):
-        if (positive_cond is None) != (negative_cond is None):
+    def sweep(self, *args, **inputs):
+        """The node's function: ComfyUI passes every input by name (positional calls follow the order of
+        :class:`SweepRequest`'s fields)."""
+        req = SweepRequest(*args, **inputs)
+        if (req.positive_cond is None) != (req.negative_cond is None):
             raise SweepInputError("only one of positive_cond and negative_cond is connected.",
                                   "connect both (your own conditioning) or neither (the prompts are encoded).")
-        if positive_cond is not None and axis == "prompts":
+        if req.positive_cond is not None and req.axis == "prompts":
             raise SweepInputError("axis is prompts, but positive_cond is connected (one conditioning for every row).",
                                   "disconnect positive_cond/negative_cond to sweep prompts, or pick another axis.")
-        self._conds = _Conditioning(positive_cond, negative_cond)
+        self._conds = _Conditioning(req.positive_cond, req.negative_cond)
         if self._conds.connected:
-            sweep_clip = False
+            req.sweep_clip = False
         # ComfyUI runs nodes in inference mode; so does a direct call (a script, the bench)
         with torch.inference_mode():
-            return self._sweep(model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name,
-                               scheduler, width, height, weight_start, weight_end, weight_count, include_reference,
-                               block_weights, axis, axis_values, lora, lora_stack, lora_name_b, sweep_clip,
-                               batch_mode, max_batch, filename_prefix, allow_other_family, block_a, block_b,
-                               block_seed, prompt, extra_pnginfo)
+            started = time.perf_counter()
+            plan = self._plan(req)
+            images, cells = self._render(req, plan)
+            return self._finish(req, plan, images, cells, started)
 
-    def _sweep(self, model, clip, vae, lora_name, positive, negative, seed, steps, cfg, sampler_name, scheduler,
-               width, height, weight_start, weight_end, weight_count, include_reference, block_weights, axis,
-               axis_values, lora, lora_stack, lora_name_b, sweep_clip, batch_mode, max_batch, filename_prefix,
-               allow_other_family, block_a, block_b, block_seed, prompt, extra_pnginfo):
-        started = time.perf_counter()
-        # --- every check before anything is sampled -------------------------------------------------
-        weights = sweep_weights(weight_start, weight_end, weight_count)
-        row_values = parse_axis(axis, axis_values)
-        if width % 8 or height % 8:
-            raise SweepInputError(f"width/height {width}x{height} are not multiples of 8.", "use multiples of 8.")
-        if batch_mode not in BATCH_MODES:
-            raise SweepInputError(f"batch_mode '{batch_mode}' is not one of {', '.join(BATCH_MODES)}.", "pick one.")
-        cols = len(weights) + (1 if include_reference else 0)
-        check_budget(cols, len(row_values), width, height)
-        swept, swept_name, swept_bw, fixed_model, fixed_clip = self._resolve_lora(
-            model, clip, lora_name, lora, lora_stack, block_weights)
-        rows = self._plan_rows(model, clip, swept, swept_bw, row_values, axis, positive, lora_name_b,
-                               allow_other_family, (block_a, block_b, block_seed), fixed_model, fixed_clip)
+    def _plan(self, req: SweepRequest) -> SweepPlan:
+        """Every check, and the plan of every row, before anything is sampled."""
+        weights = sweep_weights(req.weight_start, req.weight_end, req.weight_count)
+        row_values = parse_axis(req.axis, req.axis_values)
+        if req.width % 8 or req.height % 8:
+            raise SweepInputError(f"width/height {req.width}x{req.height} are not multiples of 8.",
+                                  "use multiples of 8.")
+        if req.batch_mode not in BATCH_MODES:
+            raise SweepInputError(f"batch_mode '{req.batch_mode}' is not one of {', '.join(BATCH_MODES)}.",
+                                  "pick one.")
+        check_budget(len(weights) + (1 if req.include_reference else 0), len(row_values), req.width, req.height)
+        swept, swept_name, swept_bw, fixed_model, fixed_clip = self._resolve_lora(req)
+        rows = self._plan_rows(req, swept, swept_bw, row_values, fixed_model, fixed_clip)
+        model = req.model
         shapes = bridge.weight_shapes(model.model)
-        base = bridge.base_weight_lookup(model, clip)
+        base = bridge.base_weight_lookup(model, req.clip)
         widens = any(getattr(e.adapter, "reshape", None) is not None for r in rows for e in r.model_entries)
-        if widens and batch_mode == "batched":
+        if widens and req.batch_mode == "batched":
             raise SweepInputError(f"{swept_name} widens a weight of the model (a control LoRA), which the batched "
                                   "sweep cannot run in the forward pass.", "set batch_mode to auto or repatch.")
         deltas = [{} if widens else prepare_deltas(r.model_entries, shapes, base) for r in rows]
         limits = [self._overflow_limits(model, d, base) for d in deltas]
-        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, *_latent_size(vae, height, width)]))
+        latent = comfy.sample.fix_empty_latent_channels(
+            model, torch.zeros([1, 4, *_latent_size(req.vae, req.height, req.width)]))
         mode, chunk = (("repatch", 1) if widens else
-                       self._choose_mode(model, batch_mode, max_batch, len(weights), latent.shape, deltas))
+                       self._choose_mode(model, req.batch_mode, req.max_batch, len(weights), latent.shape, deltas))
+        return SweepPlan(weights, swept, swept_name, swept_bw, rows, deltas, limits, latent, mode, chunk)
 
-        # --- sampling --------------------------------------------------------------------------------
-        noise = comfy.sample.prepare_noise(latent, seed)
-        sample = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed)
-        calls_per_row = (1 if include_reference else 0) + (math.ceil(len(weights) / chunk) if mode != "repatch"
-                                                           else len(weights))
-        progress = _Progress(model, steps * calls_per_row * len(rows))
-        fallback = ""  # why batched mode gave way to repatch, when it did
-        neg_plain = self._conds.encode(clip, negative, "negative")
+    def _calls_per_row(self, req: SweepRequest, plan: SweepPlan) -> int:
+        lora_calls = math.ceil(len(plan.weights) / plan.chunk) if plan.mode != "repatch" else len(plan.weights)
+        return (1 if req.include_reference else 0) + lora_calls
+
+    def _render(self, req: SweepRequest, plan: SweepPlan) -> tuple[list[torch.Tensor], list[list[Cell]]]:
+        """Every row's cells: the reference with the plain model, the LoRA cells in batches (or one by one
+        through the merge), each measured against the reference and its weaker neighbour."""
+        model, clip, vae, steps = req.model, req.clip, req.vae, req.steps
+        noise = comfy.sample.prepare_noise(plan.latent, req.seed)
+        settings = sampling.SamplerSettings(steps, req.cfg, req.sampler_name, req.scheduler, req.seed)
+        progress = sampling.SamplerProgress(model, steps * self._calls_per_row(req, plan) * len(plan.rows))
+        neg_plain = self._conds.encode(clip, req.negative, "negative")
         images: list[torch.Tensor] = []
         cells: list[list[Cell]] = []
         ref_cache: dict = {}
-        for r, row in enumerate(rows):
+        for r, row in enumerate(plan.rows):
             row_start = progress.done
             row_model = bridge.with_patches(model, row.fixed_model) if row.fixed_model else model
             row_clip = _clip_with(clip, row.fixed_clip)
             row_cells: list[Cell] = []
             reference = None
-            if include_reference:
+            if req.include_reference:
                 # one reference per distinct (fixed LoRAs, prompt): block-preset rows share the plain one
                 key = (tuple((id(e.adapter), e.strength) for e in row.fixed_model), row.positive)
                 if key not in ref_cache:
-                    neg = self._conds.encode(row_clip, negative, "negative") if row.fixed_clip else neg_plain
-                    lat = self._sample(row_model, noise, latent, self._conds.encode(row_clip, row.positive, "positive"),
-                                       neg, sample,
-                                       progress.callback(steps))
-                    ref_cache[key] = self._decode(vae, lat)[0]
+                    neg = self._conds.encode(row_clip, req.negative, "negative") if row.fixed_clip else neg_plain
+                    pos = self._conds.encode(row_clip, row.positive, "positive")
+                    lat = sampling.sample_latent(row_model, noise, plan.latent, pos, neg, settings,
+                                                 progress.callback(steps))
+                    ref_cache[key] = sampling.decode(vae, lat)[0]
                 finite, reference = ref_cache[key]
                 images.append(reference)
                 row_cells.append(Cell(r, 0, None, "no LoRA", len(images) - 1, flags_of(reference, finite)))
-            conds = self._cell_conds(row_clip, row, weights, negative, sweep_clip)
-            todo = [i for i, w in enumerate(weights) if limits[r][1] < w < limits[r][0]]
-            rendered: dict[int, tuple[bool, torch.Tensor]] = {}
-            if mode != "repatch":
-                try:
-                    for start in range(0, len(todo), chunk):
-                        part = todo[start:start + chunk]
-                        cell_model = bridge.with_row_strengths(row_model, deltas[r], [weights[i] for i in part])
-                        pos = _batch_conditioning([conds[i][0] for i in part])
-                        neg = _batch_conditioning([conds[i][1] for i in part])
-                        k = len(part)
-                        ones = [1] * (noise.dim() - 1)
-                        lat = self._sample(cell_model, noise.repeat(k, *ones), latent.repeat(k, *ones), pos, neg,
-                                           sample, progress.callback(steps))
-                        rendered.update(zip(part, self._decode(vae, lat)))
-                except BatchLayoutError as exc:
-                    if batch_mode == "batched":
-                        raise
-                    # this model's layers do not keep the batch axis: every cell through the merge instead
-                    log.info("LoRA Lab sweep: %s; rendering cell by cell", exc.problem)
-                    mode, fallback = "repatch", exc.problem
-                    rendered = {}
-                    calls_per_row = (1 if include_reference else 0) + len(weights)
-                    progress.total = max(progress.total, row_start + steps * calls_per_row * (len(rows) - r))
-            if mode == "repatch":
-                for i in todo:
-                    cell_model = bridge.with_patches(row_model, _scaled(row.model_entries, weights[i]))
-                    lat = self._sample(cell_model, noise, latent, conds[i][0], conds[i][1], sample,
-                                       progress.callback(steps))
-                    rendered[i] = self._decode(vae, lat)[0]
-            progress.done = row_start + steps * calls_per_row
-            for i, w in enumerate(weights):
-                col = i + (1 if include_reference else 0)
+            conds = self._cell_conds(row_clip, row, plan.weights, req.negative, req.sweep_clip)
+            todo = [i for i, w in enumerate(plan.weights) if plan.limits[r][1] < w < plan.limits[r][0]]
+            rendered = self._render_cells(req, plan, r, row, row_model, conds, todo, noise, settings, progress)
+            progress.done = row_start + steps * self._calls_per_row(req, plan)
+            for i, w in enumerate(plan.weights):
+                col = i + (1 if req.include_reference else 0)
                 if i in rendered:
                     finite, img = rendered[i]
                     images.append(img)
                     row_cells.append(Cell(r, col, w, f"{w:g}", len(images) - 1, flags_of(img, finite)))
                 else:  # merging at this weight overflows the half-precision weights: not rendered
-                    images.append(_placeholder(height, width))
+                    images.append(_placeholder(req.height, req.width))
                     row_cells.append(Cell(r, col, w, f"{w:g}", len(images) - 1, ["overflow"]))
             measure_row(row_cells, dict(enumerate(images)), reference)
             cells.append(row_cells)
+        return images, cells
 
-        # --- report, grid, chart, files ----------------------------------------------------------------
+    def _render_cells(self, req: SweepRequest, plan: SweepPlan, r: int, row, row_model, conds, todo: list[int],
+                      noise: torch.Tensor, settings, progress) -> dict[int, tuple[bool, torch.Tensor]]:
+        """The LoRA cells of one row: ``{weight index: (finite, image)}``."""
+        steps, vae = req.steps, req.vae
+        rendered: dict[int, tuple[bool, torch.Tensor]] = {}
+        if plan.mode != "repatch":
+            ones = [1] * (noise.dim() - 1)
+            try:
+                for start in range(0, len(todo), plan.chunk):
+                    part = todo[start:start + plan.chunk]
+                    cell_model = bridge.with_row_strengths(row_model, plan.deltas[r], [plan.weights[i] for i in part])
+                    pos = _batch_conditioning([conds[i][0] for i in part])
+                    neg = _batch_conditioning([conds[i][1] for i in part])
+                    k = len(part)
+                    lat = sampling.sample_latent(cell_model, noise.repeat(k, *ones), plan.latent.repeat(k, *ones),
+                                                 pos, neg, settings, progress.callback(steps))
+                    rendered.update(zip(part, sampling.decode(vae, lat)))
+                return rendered
+            except BatchLayoutError as exc:
+                if req.batch_mode == "batched":
+                    raise
+                # this model's layers do not keep the batch axis: every cell through the merge instead
+                log.info("LoRA Lab sweep: %s; rendering cell by cell", exc.problem)
+                plan.mode, plan.fallback, plan.chunk = "repatch", exc.problem, 1
+                rendered = {}
+                progress.total = max(progress.total, progress.done + steps * self._calls_per_row(req, plan)
+                                     * (len(plan.rows) - r))
+        for i in todo:
+            cell_model = bridge.with_patches(row_model, _scaled(row.model_entries, plan.weights[i]))
+            lat = sampling.sample_latent(cell_model, noise, plan.latent, conds[i][0], conds[i][1], settings,
+                                         progress.callback(steps))
+            rendered[i] = sampling.decode(vae, lat)[0]
+        return rendered
+
+    def _finish(self, req: SweepRequest, plan: SweepPlan, images: list[torch.Tensor], cells: list[list[Cell]],
+                started: float) -> dict:
+        """Break points, grid, chart and report; the grid and report saved; the node's outputs."""
+        weights, rows = plan.weights, plan.rows
         breaks = [break_point(rc) for rc in cells]
-        col_labels = (["no LoRA"] if include_reference else []) + [f"{w:g}" for w in weights]
+        col_labels = (["no LoRA"] if req.include_reference else []) + [f"{w:g}" for w in weights]
         row_labels = [row.label for row in rows]
+        model = req.model
         family = model_family_of(model)
         dtype = str(next(model.model.diffusion_model.parameters()).dtype).replace("torch.", "")
-        title = (f"{swept_name}  |  seed {seed}  |  {family_label(family)} ({dtype})  |  {sampler_name}/{scheduler}, "
-                 f"{steps} steps, cfg {cfg:g}")
+        title = (f"{plan.swept_name}  |  seed {req.seed}  |  {family_label(family)} ({dtype})  |  "
+                 f"{req.sampler_name}/{req.scheduler}, {req.steps} steps, cfg {req.cfg:g}")
         pil = [[None if "overflow" in c.flags else _pil(images[c.image_index]) for c in rc] for rc in cells]
         grid, geometry = compose_grid(pil, col_labels, row_labels, title, [[c.flags for c in rc] for rc in cells],
-                                      [bp[0].col if bp else None for bp in breaks], (width, height))
-        chart = metrics_chart(weights, cells, row_labels, breaks, swept_name)
+                                      [bp[0].col if bp else None for bp in breaks], (req.width, req.height))
+        chart = metrics_chart(weights, cells, row_labels, breaks, plan.swept_name)
+        if plan.mode == "repatch":
+            mode = f"repatch (batched was not possible: {plan.fallback})" if plan.fallback else "repatch"
+        else:
+            mode = f"batched ({plan.chunk} cells per sampler batch)"
+        swept = plan.swept
         report = {
-            "lora": swept_name, "sha256": swept.content_sha256() if swept.file.path else None,
-            "model_family": family, "model_dtype": dtype, "seed": seed, "steps": steps, "cfg": cfg,
-            "sampler": sampler_name, "scheduler": scheduler, "width": width, "height": height,
-            "weights": weights, "include_reference": include_reference, "block_weights": swept_bw,
-            "axis": axis, "rows": [{"label": row.label, "positive": row.positive, "block_notes": row.block_notes}
-                                   for row in rows],
-            "sweep_clip": sweep_clip,
-            "mode": (mode if not fallback else f"repatch (batched was not possible: {fallback})")
-            if mode == "repatch" else f"batched ({chunk} cells per sampler batch)",
+            "lora": plan.swept_name, "sha256": swept.content_sha256() if swept.file.path else None,
+            "model_family": family, "model_dtype": dtype, "seed": req.seed, "steps": req.steps, "cfg": req.cfg,
+            "sampler": req.sampler_name, "scheduler": req.scheduler, "width": req.width, "height": req.height,
+            "weights": weights, "include_reference": req.include_reference, "block_weights": plan.swept_bw,
+            "axis": req.axis, "rows": [{"label": row.label, "positive": row.positive, "block_notes": row.block_notes}
+                                       for row in rows],
+            "sweep_clip": req.sweep_clip,
+            "mode": mode,
             "overflow_weight": [{"above": None if math.isinf(lim[0]) else round(lim[0], 6),
-                                 "below": None if math.isinf(lim[1]) else round(lim[1], 6)} for lim in limits],
+                                 "below": None if math.isinf(lim[1]) else round(lim[1], 6)} for lim in plan.limits],
             "cells": [c.as_dict() for rc in cells for c in rc],
             "break_points": [None if bp is None else {"row": bp[0].row, "col": bp[0].col, "weight": bp[0].weight,
                                                       "reason": bp[1]} for bp in breaks],
             "break_rule": BREAK_RULE,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        saved = self._save(grid, report, filename_prefix, prompt, extra_pnginfo)
+        saved = self._save(grid, report, req.filename_prefix, req.prompt, req.extra_pnginfo)
         report["grid_file"] = saved
         text = json.dumps(report, indent=1)
         first_break = next((bp for bp in report["break_points"] if bp), None)
-        log.info("LoRA Lab sweep of %s: %d cells in %.1f s (%s); break point: %s", swept_name,
+        log.info("LoRA Lab sweep of %s: %d cells in %.1f s (%s); break point: %s", plan.swept_name,
                  sum(len(rc) for rc in cells), report["seconds"], report["mode"],
                  first_break["reason"] if first_break else "none")
         ui_payload = {
             "grid": saved, "layout": geometry.as_dict(),
-            "columns": [{"label": lab, "weight": (None if include_reference and i == 0 else
-                                                  weights[i - (1 if include_reference else 0)])}
+            "columns": [{"label": lab, "weight": (None if req.include_reference and i == 0 else
+                                                  weights[i - (1 if req.include_reference else 0)])}
                         for i, lab in enumerate(col_labels)],
             "rows": [{"label": lab} for lab in row_labels],
             "cells": report["cells"], "break_point": first_break, "mode": report["mode"],
@@ -385,8 +434,9 @@ class LoraLabSweep:
 
     # --- planning --------------------------------------------------------------------------------------
 
-    def _resolve_lora(self, model, clip, lora_name, lora, lora_stack, block_weights):
+    def _resolve_lora(self, req: SweepRequest):
         """The swept LoRA, its name, block weights, and the fixed entries of the other stack rows."""
+        model, clip, lora, lora_stack, block_weights = req.model, req.clip, req.lora, req.lora_stack, req.block_weights
         fixed_model: list[PatchEntry] = []
         fixed_clip: list[PatchEntry] = []
         if lora is not None:
@@ -402,13 +452,14 @@ class LoraLabSweep:
                 fixed_model, fixed_clip, _ = stack_entries(model, planned, "none", 1.0)
             swept = cached_lora(resolve_lora_path(last.lora_name))
             return swept, last.lora_name, block_weights or last.block_weights, fixed_model, fixed_clip
-        swept = cached_lora(resolve_lora_path(lora_name))
-        return swept, lora_name, block_weights, fixed_model, fixed_clip
+        swept = cached_lora(resolve_lora_path(req.lora_name))
+        return swept, req.lora_name, block_weights, fixed_model, fixed_clip
 
-    def _plan_rows(self, model, clip, swept: LoadedLora, swept_bw: str, row_values: list[str], axis: str,
-                   positive: str, lora_name_b: str, allow_other_family: bool, block_extra, fixed_model, fixed_clip
-                   ) -> list[RowSpec]:
-        a, b, bseed = block_extra
+    def _plan_rows(self, req: SweepRequest, swept: LoadedLora, swept_bw: str, row_values: list[str], fixed_model,
+                   fixed_clip) -> list[RowSpec]:
+        model, clip, axis, positive = req.model, req.clip, req.axis, req.positive
+        lora_name_b, allow_other_family = req.lora_name_b, req.allow_other_family
+        a, b, bseed = req.block_a, req.block_b, req.block_seed
         lora_b = None
         if axis == "lora_b_strength":
             if not lora_name_b or lora_name_b == NO_LORA:
@@ -488,22 +539,6 @@ class LoraLabSweep:
         return out
 
     # --- sampling, decoding, saving ----------------------------------------------------------------------
-
-    @staticmethod
-    def _sample(model, noise, latent, positive, negative, s: dict, callback):
-        mm.throw_exception_if_processing_interrupted()
-        return comfy.sample.sample(model, noise, s["steps"], s["cfg"], s["sampler_name"], s["scheduler"], positive,
-                                   negative, latent, denoise=1.0, callback=callback,
-                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=s["seed"])
-
-    @staticmethod
-    def _decode(vae, latent: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
-        """Decoded images ``(H, W, 3)`` with whether each latent was finite."""
-        finite = [bool(torch.isfinite(x).all()) for x in latent]
-        images = vae.decode(latent)
-        if images.dim() == 5:  # video VAEs: (B, T, H, W, C); a sweep shows the first frame
-            images = images[:, 0]
-        return [(f, img.float().cpu()) for f, img in zip(finite, images)]
 
     @staticmethod
     def _save(grid: Image.Image, report: dict, prefix: str, prompt, extra_pnginfo) -> dict:

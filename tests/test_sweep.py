@@ -219,12 +219,12 @@ def test_block_preset_rows_and_prompt_rows(host):
     (dict(block_weights="IN99=1"), "IN99"),
 ])
 def test_bad_input_is_refused_before_sampling(host, monkeypatch, kw, match):
-    from lora_lab.nodes.sweep import LoraLabSweep
     from lora_lab.lora_ops.errors import LoraLabError
+    from lora_lab.nodes import sampling
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampling started before the input was checked")
-    monkeypatch.setattr(LoraLabSweep, "_sample", staticmethod(no_sampling))
+    monkeypatch.setattr(sampling, "sample_latent", no_sampling)
     start, end, count = kw.pop("start", 0.1), kw.pop("end", 1.0), kw.pop("count", 2)
     with pytest.raises(LoraLabError, match=match):
         _sweep(host, host["full"]["kohya"].path.name, start, end, count, **kw)
