@@ -359,7 +359,7 @@ def bench_apply(patcher, impls: dict[str, Impl], parsed: dict[str, Any], snapsho
                 s.add_bytes("patch_peak_extra", mem_patch.peak_extra)
                 s.add_bytes("patched_held_extra", mem_patch.held_extra)
                 s.add_bytes("unpatch_peak_extra", mem_unpatch.peak_extra)
-            del clone
+            clone = None  # drop the clone (and its backups) before the next impl
     out = {name: series[name].summary() | {"targets_patched": targets[name], "after_unpatch": swaps[name]}
            for name in impls}
     out["lora_lab_vs_core_sampled"] = agreement

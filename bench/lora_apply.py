@@ -195,7 +195,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2 << 30, repeats: int = 2
             seconds = _timed(lambda: dst.copy_(src), device)[1]
         if i >= warmup:
             times.append(seconds)
-    del src, dst
+    src = dst = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
     median = statistics.median(times)

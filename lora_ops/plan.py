@@ -7,7 +7,6 @@ values, and returns a :class:`LoraPlan` whose entries the merge kernel applies.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from .families import FamilyGuess, detect_family, family_label, same_family
 from .formats import ParsedLora, apply_peft_alphas, parse_lora
 from .keymap import KeyIndex
 from .patching import PatchEntry, find_misfits, find_nonfinite
-from .safeio import LoraFile, read_lora_file
+from .safeio import LoraFile, file_sha256, read_lora_file
 
 # A per-target multiplier (block weights): called with the model weight key, returns the factor.
 WeightFn = Callable[[str], float]
@@ -71,14 +70,6 @@ def load_lora(path: str | os.PathLike, convert: Convert | None = None) -> Loaded
     parsed = parse_lora(tensors, source=f"'{path.name}'")
     apply_peft_alphas(parsed, f.metadata)
     return LoadedLora(file=f, parsed=parsed, family=detect_family(parsed, f.metadata))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

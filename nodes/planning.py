@@ -6,8 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..lora_ops import LoadedLora, LoraPlan, load_report, plan_lora
-from ..lora_ops.blocks import (BlockWeights, block_table, list_presets, load_user_presets, parse_block_weights,
-                               read_user_presets)
+from ..lora_ops.blocks import (
+    BlockWeights,
+    block_table,
+    list_presets,
+    load_user_presets,
+    parse_block_weights,
+    read_user_presets,
+)
 from ..lora_ops.errors import LoraLabError
 from . import bridge
 from .lora_files import user_presets_path

@@ -6,13 +6,13 @@ import comfy.lora
 import comfy.lora_convert
 import comfy.model_management as mm
 import comfy.sd
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from testkit import fixtures, models
 from testkit.host import import_pack, use_model_dirs
+from testkit.inspire_reference import inspire_ratios
 
 import_pack()
 from lora_lab.lora_ops import errors, load_lora  # noqa: E402
@@ -154,7 +154,6 @@ def test_user_presets_from_the_user_folder_are_listed_and_used(fx, tmp_path, mon
     import json
 
     import folder_paths
-
     from lora_lab.nodes import loader
 
     monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path))
@@ -203,41 +202,7 @@ def _inspire_core(model, clip, loaded, tokens, *, a, b, seed):
     last value repeating, every other key at the first value; R/U from NumPy's seeded global generator),
     and core's ``add_patches`` at strength x ratio, keys at ratio 0 left out. ``loaded``: core's patches
     for the file (:func:`_core_patches`)."""
-    groups = ("input_blocks.", "middle_block.", "output_blocks.", "double_blocks.", "single_blocks.")
-    listed, others = [], []
-    for key in loaded:
-        k = key[0] if isinstance(key, tuple) else key
-        rest = k[len("diffusion_model."):]
-        for g, prefix in enumerate(groups):
-            if rest.startswith(prefix):
-                two = rest[len(prefix):len(prefix) + 2]
-                listed.append((g, int(two[0]) if two[1] == "." else int(two), key))
-                break
-        else:
-            others.append(key)
-    listed.sort(key=lambda t: (t[0], t[1]))
-    np.random.seed(seed % 2**31)
-
-    def convert(x):
-        x = x.strip()
-        if x in ("R", "r"):
-            return round(np.random.uniform(0, 3.0), 2)
-        if x in ("U", "u"):
-            return round(np.random.uniform(-1.5, 1.5), 2)
-        return {"A": a, "a": a / 2, "B": b, "b": b / 2}[x] if x in "AaBb" else float(x)
-
-    ratios, ratio, i, last = {}, 1.0, 1, None
-    positions = 0
-    for _, number, key in listed:
-        if last != number:
-            positions += 1
-            if len(tokens) > i:
-                ratio = convert(tokens[i])
-                i += 1
-        last = number
-        ratios[key] = ratio
-    base = convert(tokens[0])
-    ratios.update({key: base for key in others})
+    ratios, positions = inspire_ratios(loaded, tokens, a=a, b=b, seed=seed)
     new_model, new_clip = model.clone(), clip.clone()
     for key, patch in loaded.items():
         if ratios[key] == 0:
@@ -307,9 +272,8 @@ def test_every_report_names_the_blocks_a_vector_left_out(fx, tmp_path, monkeypat
     """Loader, stack, bake and sweep reports name the blocks a 17-value vector has no position for, when
     the LoRA patches them (a LoCon's ResBlocks and conv_in), with their share of the targets and the fix."""
     import folder_paths
-
     from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack
-    from lora_lab.nodes.sweep import LoraLabSweep
+    from lora_lab.nodes.sweep import LoraLabSweep, SweepRequest
 
     monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path / "user"))
     model, clip = models.small_sd15()
@@ -334,14 +298,14 @@ def test_every_report_names_the_blocks_a_vector_left_out(fx, tmp_path, monkeypat
         assert expect in _warning(stack_report)
         _, bake_report = LoraLabBake().bake(model, locon.path.name, ones, "baked_ones", clip=clip)["result"]
         assert expect in _warning(bake_report)
-        rows = LoraLabSweep()._plan_rows(model, clip, load_lora(tmp_path / locon.path.name), ones, [ones],
-                                         "block_presets", "", "", False, (1.0, 1.0, 0), [], [])
-        assert expect in _warning("\n".join(rows[0].block_notes))
+        request = SweepRequest(model, clip, None, locon.path.name, "", "", 0, 1, 1.0, "euler", "normal", 64, 64,
+                               0.5, 1.0, 2, False, ones, "block_presets", ones)
+        plan = LoraLabSweep()._plan(request)  # every check and row plan, nothing sampled
+        assert expect in _warning("\n".join(plan.rows[0].block_notes))
 
 
 def test_inspire_presets_and_preset_files_through_the_loader(fx, tmp_path, monkeypatch, caplog):
     import folder_paths
-
     from lora_lab.nodes import loader
 
     monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path))

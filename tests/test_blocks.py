@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from testkit import models
 from testkit.host import import_pack
+from testkit.inspire_reference import inspire_ratios
 
 pack = import_pack()
 from lora_lab.lora_ops import blocks, presets  # noqa: E402
@@ -569,39 +570,8 @@ SD-LyCOBODY0.5:1,1,1,1,1,1,1,1,1,0.2,0.2,0.5,1,1,0,0,0,0.2,0,0,0.8,1,1,1,1
 
 
 def _inspire_reference(keys, tokens, *, a=4.0, b=1.0, seed=0):
-    """Inspire Pack's LoraLoaderBlockWeight.load_lbw, written out here from its source as a reference:
-    key -> weight for the patched keys (key order as given, sorted stably by group then number)."""
-    groups = ["input_blocks.", "middle_block.", "output_blocks.", "double_blocks.", "single_blocks."]
-    listed, others = [], []
-    for key in keys:
-        rest = key[len("diffusion_model."):]
-        for g, prefix in enumerate(groups):
-            if rest.startswith(prefix):
-                two = rest[len(prefix):len(prefix) + 2]
-                listed.append((g, int(two[0]) if two[1] == "." else int(two), key))
-                break
-        else:
-            others.append(key)
-    listed.sort(key=lambda t: (t[0], t[1]))
-    np.random.seed(seed % (2**31))
-
-    def convert(x):
-        if x in ("U", "u"):
-            return round(np.random.uniform(-1.5, 1.5), 2)
-        if x in ("R", "r"):
-            return round(np.random.uniform(0, 3.0), 2)
-        return {"A": a, "a": a / 2, "B": b, "b": b / 2}.get(x) if x in "AaBb" else float(x)
-
-    out, ratio, i, last = {}, 1.0, 1, None
-    for _, number, key in listed:
-        if last != number and len(tokens) > i:
-            ratio = convert(tokens[i].strip())
-            i += 1
-        last = number
-        out[key] = ratio
-    base = convert(tokens[0].strip())
-    out.update({key: base for key in others})
-    return out
+    """key -> weight in Inspire Pack's reading (``testkit.inspire_reference``)."""
+    return inspire_ratios(keys, tokens, a=a, b=b, seed=seed)[0]
 
 
 def _attention_only(keys):

@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch

@@ -120,7 +120,6 @@ def test_normalisation_sum_and_norm(loras):
 
 
 def test_conflict_report_finds_a_lora_fighting_its_negative(loras, fx, tmp_path):
-    from safetensors.torch import load_file, save_file
 
     from lora_lab.nodes.stack import LoraLabConflicts
 

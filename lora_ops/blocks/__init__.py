@@ -90,23 +90,22 @@ diffusers-to-LDM numbering of the UNet's blocks.
 from __future__ import annotations
 
 from ._base import (
-    BlockWeightsError,
     ENCODER_NAMES,
     FAMILY_LABELS,
     KNOWN_FAMILIES,
     SD3_NOMINAL_DEPTH,
+    BlockWeightsError,
     normalize_family,
 )
-from .lexicon import MAX_BLOCK_NAMES, MAX_ENTRIES, MAX_RANGE_BLOCKS, MAX_TEXT_CHARS
 from .dialects import DIALECT_DOCS, VectorDialect
-from .layout import accepted_vector_lengths, block_of, compact_names, family_blocks, family_spec
-from .weights import BlockWeights
-from .syntax import parse_block_weights
 from .inspire import inspire_positions, inspire_values
+from .layout import accepted_vector_lengths, block_of, compact_names, family_blocks, family_spec
+from .lexicon import MAX_BLOCK_NAMES, MAX_ENTRIES, MAX_RANGE_BLOCKS, MAX_TEXT_CHARS
+from .syntax import parse_block_weights
 from .table import block_notes, block_table
 from .user_presets import (
-    MAX_PRESETS_FILE_BYTES,
     MAX_PRESET_CHECK_ENTRIES,
+    MAX_PRESETS_FILE_BYTES,
     MAX_USER_PRESETS,
     PresetInfo,
     UserPresets,
@@ -114,6 +113,7 @@ from .user_presets import (
     load_user_presets,
     read_user_presets,
 )
+from .weights import BlockWeights
 
 __all__ = [
     "BlockWeights",

@@ -11,10 +11,19 @@ import numpy as np
 from ..presets import INSPIRE_PRESETS
 from ._base import BlockWeightsError
 from .layout import _FamilySpec, _locate, _split_numbered, compact_names, family_spec
-from .lexicon import MAX_ENTRIES, _NUMBER_RX, _PRESET_NAME_RX, _PresetDef, _TOKEN_RX, _builtin_table, _is_value, _split_items
+from .lexicon import (
+    _NUMBER_RX,
+    _PRESET_NAME_RX,
+    _TOKEN_RX,
+    MAX_ENTRIES,
+    _builtin_table,
+    _is_value,
+    _PresetDef,
+    _split_items,
+    number_value,
+)
 from .syntax import _Parser
-from .weights import BlockWeights, _InspireSource, _fmt, _short
-
+from .weights import BlockWeights, _fmt, _InspireSource, _short
 
 _INSPIRE_HEAD_RX = re.compile(r"^\s*inspire\s*:", re.IGNORECASE)
 _INSPIRE_GROUPS = ("input_blocks", "middle_block", "output_blocks", "double_blocks", "single_blocks")
@@ -79,11 +88,8 @@ def inspire_values(tokens: list[str] | tuple[str, ...], n_positions: int, *, a: 
 
     def convert(token: str, where: str) -> float:
         token = token.strip()
-        if _NUMBER_RX.match(token):
-            value = float(token)
-            if not math.isfinite(value):
-                raise BlockWeightsError(f"The weight '{token}' in '{where}' is too large to be a number.",
-                                        "use a weight between about -10 and 10.")
+        value = number_value(token, where)
+        if value is not None:
             return value
         m = _TOKEN_RX.match(token)
         if m is None:

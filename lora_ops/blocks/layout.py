@@ -6,9 +6,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ._base import ENCODER_NAMES, SD3_NOMINAL_DEPTH, _ENCODERS, _FLUX_BLOCKS, _SDXL_BLOCKS, _SD_BLOCKS, _family_label, _numbered, normalize_family
-from .dialects import VectorDialect, _FLUX_DIALECTS, _SDXL_DIALECTS, _SD_DIALECTS, _dialect
-
+from ._base import (
+    _ENCODERS,
+    _FLUX_BLOCKS,
+    _SD_BLOCKS,
+    _SDXL_BLOCKS,
+    ENCODER_NAMES,
+    SD3_NOMINAL_DEPTH,
+    _family_label,
+    _numbered,
+    normalize_family,
+)
+from .dialects import _FLUX_DIALECTS, _SD_DIALECTS, _SDXL_DIALECTS, VectorDialect, _dialect
 
 _MODEL_PREFIX_RX = re.compile(r"^(?:model\.)?(?:diffusion_model|unet|transformer)\.")
 _ENCODER_RX = re.compile(r"^(?:(clip_l)|(clip_g)|(clip_h)|((?:u?m?t5)[a-z0-9_]*))\.")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from ..presets import BUILTIN_PRESETS, INSPIRE_PRESETS
-from ._base import BlockWeightsError, ENCODER_NAMES, _SDXL_BLOCKS, _SD_BLOCKS
+from ._base import _SD_BLOCKS, _SDXL_BLOCKS, ENCODER_NAMES, BlockWeightsError
 from .layout import _FamilySpec
-
 
 _NUMBER_RX = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _TOKEN_RX = re.compile(r"^([+-]?)([RrUuAaBb])$")
@@ -93,3 +93,15 @@ def _builtin_table() -> dict[str, _PresetDef]:
     table.update({p.name.upper(): _PresetDef(p.vector, p.families, inspire=True, display=p.name)
                   for p in INSPIRE_PRESETS})
     return table
+
+
+def number_value(token: str, where: str) -> float | None:
+    """``token`` as a finite weight if it is written as a number, ``None`` if it is not a number at all; a
+    number too large for a float is refused (``where`` names the entry for the message)."""
+    if not _NUMBER_RX.match(token):
+        return None
+    value = float(token)
+    if not math.isfinite(value):
+        raise BlockWeightsError(f"The weight '{token}' in '{where}' is too large to be a number.",
+                                "use a weight between about -10 and 10.")
+    return value

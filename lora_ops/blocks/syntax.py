@@ -8,9 +8,25 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ._base import BlockWeightsError, ENCODER_NAMES, FAMILY_LABELS, _BudgetSpent
-from .layout import _FamilySpec, _SPECIAL_NAMES, _normalize_name, _split_numbered, compact_names, family_spec
-from .lexicon import MAX_BLOCK_NAMES, MAX_ENTRIES, MAX_RANGE_BLOCKS, _ALL_BLOCKS_RX, _KIND_WORDS, _MAX_PRESET_DEPTH, _NUMBER_RX, _PresetDef, _SELECTORS, _TOKEN_RX, _builtin_table, _check_length, _foreign_family, _is_value, _split_items
+from ._base import ENCODER_NAMES, FAMILY_LABELS, BlockWeightsError, _BudgetSpent
+from .layout import _SPECIAL_NAMES, _FamilySpec, _normalize_name, _split_numbered, compact_names, family_spec
+from .lexicon import (
+    _ALL_BLOCKS_RX,
+    _KIND_WORDS,
+    _MAX_PRESET_DEPTH,
+    _SELECTORS,
+    _TOKEN_RX,
+    MAX_BLOCK_NAMES,
+    MAX_ENTRIES,
+    MAX_RANGE_BLOCKS,
+    _builtin_table,
+    _check_length,
+    _foreign_family,
+    _is_value,
+    _PresetDef,
+    _split_items,
+    number_value,
+)
 from .weights import BlockWeights, _Rule, _short, _sorted_atoms
 
 
@@ -59,11 +75,8 @@ class _Parser:
 
     def value(self, token: str, where: str) -> float:
         token = token.strip()
-        if _NUMBER_RX.match(token):
-            value = float(token)
-            if not math.isfinite(value):
-                raise BlockWeightsError(f"The weight '{token}' in '{where}' is too large to be a number.",
-                                        "use a weight between about -10 and 10.")
+        value = number_value(token, where)
+        if value is not None:
             return value
         m = _TOKEN_RX.match(token)
         if not m:

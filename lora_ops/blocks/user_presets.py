@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -14,7 +14,7 @@ from ..presets import BUILTIN_PRESETS, INSPIRE_PRESETS
 from ._base import BlockWeightsError, _BudgetSpent, _family_label, normalize_family
 from .inspire import _inspire_body
 from .layout import _normalize_name
-from .lexicon import MAX_TEXT_CHARS, _NUMBER_RX, _PRESET_NAME_RX, _is_value, _split_items
+from .lexicon import _NUMBER_RX, _PRESET_NAME_RX, MAX_TEXT_CHARS, _is_value, _split_items
 from .syntax import _parse, parse_block_weights
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ._base import BlockWeightsError, ENCODER_NAMES
+from ._base import ENCODER_NAMES, BlockWeightsError
 from .layout import _FamilySpec, _locate, _split_numbered
 from .lexicon import _ALL_BLOCKS_RX
 

@@ -40,26 +40,26 @@ energy), :mod:`.file_blocks` (block names from file names), :mod:`.metadata` (tr
 
 from __future__ import annotations
 
+from .analysis import inspect_file, inspect_lora, plan_for_inspection
+from .charts import render_chart
+from .file_blocks import file_block, file_module_key
+from .metadata import training_info
 from .result import (
-    BlockEnergy,
     FINDING_TEXT,
-    Inspection,
-    LayerFinding,
     PROBLEM_KINDS,
     TOP_TAGS,
-    TrainingInfo,
     UNDERFLOW_SHARE,
     UNMATCHED_BLOCK,
     VERDICT_COMPATIBLE,
     VERDICT_OTHER_FAMILY,
     VERDICT_PARTIAL,
+    BlockEnergy,
+    Inspection,
+    LayerFinding,
+    TrainingInfo,
     algorithm_headline,
     count_summary,
 )
-from .file_blocks import file_block, file_module_key
-from .metadata import training_info
-from .analysis import inspect_file, inspect_lora, plan_for_inspection
-from .charts import render_chart
 
 __all__ = [
     "BlockEnergy",

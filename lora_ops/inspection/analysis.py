@@ -14,12 +14,23 @@ from ..adapters import Adapter
 from ..blocks import block_of, family_blocks
 from ..errors import LoraLabError, NonFiniteError
 from ..keymap import KeyIndex
-from ..patching import PatchEntry, factors_finite, target_view
 from ..numerics import FP16_OVERFLOW, FP16_UNDERFLOW
+from ..patching import PatchEntry, factors_finite, target_view
 from ..plan import LoadedLora, LoraPlan, load_lora, plan_lora
 from .file_blocks import file_block
 from .metadata import training_info
-from .result import BlockEnergy, Inspection, LayerFinding, UNDERFLOW_SHARE, UNMATCHED_BLOCK, VERDICT_COMPATIBLE, VERDICT_OTHER_FAMILY, VERDICT_PARTIAL, _is_text_encoder, algorithm_headline
+from .result import (
+    UNDERFLOW_SHARE,
+    UNMATCHED_BLOCK,
+    VERDICT_COMPATIBLE,
+    VERDICT_OTHER_FAMILY,
+    VERDICT_PARTIAL,
+    BlockEnergy,
+    Inspection,
+    LayerFinding,
+    _is_text_encoder,
+    algorithm_headline,
+)
 
 
 def plan_for_inspection(lora: LoadedLora, *, model_keys: Mapping[str, object] | KeyIndex,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from .. import chart
-
 import math
 
+from .. import chart
 from ..families import family_label
 from ..numerics import FP16_MAX, FP16_OVERFLOW
-from .result import FINDING_TEXT, Inspection, PROBLEM_KINDS
+from .result import FINDING_TEXT, PROBLEM_KINDS, Inspection
 
 
 def render_chart(inspection: Inspection, *, width: int = 760):

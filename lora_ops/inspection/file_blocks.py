@@ -7,7 +7,6 @@ import re
 from ..blocks import block_of, normalize_family
 from ..keymap import canonical_name
 
-
 _FILE_UNET_DIFF_RX = re.compile(r"^(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)$")
 _FILE_UNET_MID_RX = re.compile(r"^mid_block_(resnets|attentions)_(\d+)_(.+)$")
 _FILE_UNET_LDM_RX = re.compile(r"^(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)$")

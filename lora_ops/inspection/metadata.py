@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 
 from .result import TOP_TAGS, TrainingInfo
 
-
 _TRAINING_FIELDS = (
     ("ss_network_module", "network"),
     ("lycoris_algo", "LyCORIS algorithm"),

@@ -11,7 +11,6 @@ from ..blocks import compact_names
 from ..families import family_label
 from ..keymap import canonical_name
 
-
 UNDERFLOW_SHARE = 0.01
 """A layer is flagged for fp16 underflow when at least this share of its non-zero values would become 0."""
 TOP_TAGS = 12
