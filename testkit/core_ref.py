@@ -110,7 +110,7 @@ def _padded(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out
 
 
-def _raw_params(model: torch.nn.Module) -> dict[str, Any]:
+def model_bits(model: torch.nn.Module) -> dict[str, Any]:
     """The stored bits of every parameter: a plain copy, or for a quantized weight (ComfyUI 0.8.0's
     ``QuantizedTensor``) its stored data and scale."""
     return {k: snapshot(v) for k, v in model.named_parameters()}
@@ -140,6 +140,29 @@ def same_bits(a: Any, b: Any) -> bool:
     return a.shape == b.shape and torch.equal(a, b)
 
 
+def loaded_weights(patcher: Any, clone: Any, before: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Every weight of ``patcher``'s model that changes once ComfyUI loads ``clone`` (decoded to fp32),
+    the way a graph uses it (``load_models_gpu``); then everything is unloaded and the shared model is
+    checked to be restored bit for bit (``AssertionError`` otherwise). ``before``: the model's
+    :func:`model_bits` taken earlier (before a node made ``clone``), so changes made by then count too."""
+    import_comfy()
+    import comfy.model_management as mm  # noqa: PLC0415
+
+    before = model_bits(patcher.model) if before is None else before
+    with torch.inference_mode():
+        mm.load_models_gpu([clone])
+        try:
+            after = model_bits(patcher.model)
+            changed = [k for k in after if not same_bits(after[k], before[k])]
+            weights = {k: decoded_weight(patcher.model, k) for k in changed}
+        finally:
+            mm.unload_all_models()
+    restored = model_bits(patcher.model)
+    bad = [k for k in before if not same_bits(restored[k], before[k])]
+    assert not bad, f"weights not restored bit for bit after unloading, e.g. {bad[:3]}"
+    return weights
+
+
 def core_patched_weights(
     patcher: Any, lora: str | Path | dict[str, torch.Tensor], strength: float = 1.0
 ) -> CoreResult:
@@ -152,7 +175,7 @@ def core_patched_weights(
 
     sd = load_file(str(lora)) if isinstance(lora, (str, Path)) else dict(lora)
     model = patcher.model
-    before_raw = _raw_params(model)
+    before_raw = model_bits(model)
     # ComfyUI executes nodes under inference mode (its fp8 stochastic rounding writes with out=, which
     # autograd refuses on parameters that require grad)
     with torch.inference_mode():
@@ -177,14 +200,14 @@ def _core_patched(
     before = {k: decoded_weight(model, k) for k in patch_keys}
     try:
         clone.patch_model(device_to=None)
-        after_raw = _raw_params(model)
+        after_raw = model_bits(model)
         changed = [k for k in after_raw if not same_bits(after_raw[k], before_raw[k])]
         weights = {k: decoded_weight(model, k) for k in changed}
         deltas = {k: weights[k] - _padded(before[k] if k in before else decoded_weight(model, k), weights[k].shape)
                   for k in changed}
     finally:
         clone.unpatch_model(device_to=None)
-    restored = _raw_params(model)
+    restored = model_bits(model)
     bad = [k for k in before_raw if not same_bits(restored[k], before_raw[k])]
     assert not bad, f"core's unpatch did not restore {len(bad)} weights bit for bit, e.g. {bad[:3]}"
     return CoreResult(weights, deltas, patch_keys, not_loaded, not_patched)

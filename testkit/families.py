@@ -595,7 +595,7 @@ _HOST_FIELD_DEFAULTS: dict[str, Callable[[dict[str, Any]], Any]] = {
 def has_quantized_layers() -> bool:
     """Whether this host loads ``comfy_quant`` layers as ``QuantizedTensor`` weights (ComfyUI 0.8.0 does:
     ``comfy.utils.detect_layer_quantization`` + ``comfy.ops.mixed_precision_ops``)."""
-    comfy = import_comfy()
+    import_comfy()
     import comfy.utils  # noqa: PLC0415
 
     return hasattr(comfy.utils, "detect_layer_quantization")

@@ -904,20 +904,10 @@ def load_family_lora(
     return _write(stem, built)
 
 
-def family_lora(
-    name: str,
-    naming: str,
-    *,
-    algo: str = "lora",
-    rank: int = 4,
-    seed: int = 0,
-    strength_of_delta: float = DEFAULT_STRENGTH_OF_DELTA,
-) -> Path:
+def family_lora(name: str, naming: str, **options) -> Path:
     """Path of a safetensors LoRA for the small model of family ``name`` in ``naming`` (see the module
-    docstring), built once and cached."""
-    return load_family_lora(
-        name, naming, algo=algo, rank=rank, seed=seed, strength_of_delta=strength_of_delta
-    ).path
+    docstring), built once and cached; ``options`` as for :func:`load_family_lora`."""
+    return load_family_lora(name, naming, **options).path
 
 
 def expected_core_mapping(name: str, naming: str) -> str:

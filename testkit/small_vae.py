@@ -39,7 +39,7 @@ def small_taesd(latent_channels: int = 16, dtype: torch.dtype = torch.float32) -
     """A fresh ``comfy.sd.VAE`` wrapping ComfyUI's own tiny autoencoder (``comfy.taesd.taesd.TAESD``, 8x,
     ``latent_channels`` wide: 16 for Flux/SD3/Chroma-type image latents) with seeded weights: ComfyUI
     detects it from its ``taesd_decoder.*`` keys as it detects a downloaded TAESD file."""
-    comfy = import_comfy()
+    import_comfy()
     import comfy.taesd.taesd  # noqa: PLC0415
 
     shapes = meta_shapes(lambda: comfy.taesd.taesd.TAESD(latent_channels=latent_channels))

@@ -63,3 +63,17 @@ def sd15_host(comfy_server):
     ckpt = comfy_server.add_checkpoint(models.sd15_checkpoint())
     loras = {name: comfy_server.add_lora(fx.path) for name, fx in full.items()}
     return comfy_server, ckpt, loras, full
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small SD1.5 model in the host, seeded: ``(patcher, clip, vae)``."""
+    import torch
+
+    from testkit import models
+    from testkit.small_vae import small_vae
+
+    with torch.inference_mode():
+        patcher, clip = models.small_sd15()
+        vae = small_vae()
+    return patcher, clip, vae

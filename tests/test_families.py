@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import shutil
 
-import comfy.model_management as mm
 import pytest
 import torch
 
@@ -58,29 +57,16 @@ def _model(name: str, weight_format: str | None = None):
     return families.small_family_model(name, weight_format=weight_format)
 
 
-def _raw(patcher) -> dict:
-    return {k: core_ref.snapshot(v) for k, v in patcher.model.named_parameters()}
-
-
 def lora_lab_weights(patcher, fx, tmp_path, strength: float):
     """``(changed weights decoded to fp32, report)`` after LoraLabLoader applied ``fx`` and ComfyUI loaded
     the clone; the model is unloaded again and checked to be restored bit for bit."""
     name = fx.path.name
     shutil.copy(fx.path, tmp_path / name)
-    before = _raw(patcher)
+    before = core_ref.model_bits(patcher.model)
     with use_model_dirs(loras_dir=tmp_path), torch.inference_mode():
         out = LoraLabLoader().load(patcher, name, strength, 0.0)
-        clone, report = out["result"][0], out["result"][2]
-        mm.load_models_gpu([clone])
-        try:
-            after = _raw(patcher)
-            changed = [k for k in after if not core_ref.same_bits(after[k], before[k])]
-            weights = {k: core_ref.decoded_weight(patcher.model, k) for k in changed}
-        finally:
-            mm.unload_all_models()
-    restored = _raw(patcher)
-    assert all(core_ref.same_bits(restored[k], before[k]) for k in before), "weights not restored bit for bit"
-    return weights, report
+    clone, report = out["result"][0], out["result"][2]
+    return core_ref.loaded_weights(patcher, clone, before), report
 
 
 def _tolerance(value: torch.Tensor) -> dict:

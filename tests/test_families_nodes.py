@@ -52,26 +52,6 @@ def _model(name: str):
     return families.small_family_model(name)
 
 
-def _raw(patcher) -> dict:
-    return {k: core_ref.snapshot(v) for k, v in patcher.model.named_parameters()}
-
-
-def _loaded_weights(patcher, clone) -> dict[str, torch.Tensor]:
-    """Every weight ``clone`` changes once ComfyUI loads it (fp32), then unloaded and checked restored."""
-    before = _raw(patcher)
-    with torch.inference_mode():
-        mm.load_models_gpu([clone])
-        try:
-            after = _raw(patcher)
-            changed = [k for k in after if not core_ref.same_bits(after[k], before[k])]
-            out = {k: core_ref.decoded_weight(patcher.model, k) for k in changed}
-        finally:
-            mm.unload_all_models()
-    restored = _raw(patcher)
-    assert all(core_ref.same_bits(restored[k], before[k]) for k in before), "weights not restored bit for bit"
-    return out
-
-
 def _close(ours: dict, theirs: dict) -> None:
     assert set(ours) == set(theirs), (sorted(set(ours) ^ set(theirs))[:4])
     for k, v in theirs.items():
@@ -100,13 +80,13 @@ def test_stack_merge_and_inspect_match_core(name, tmp_path):
         for strength, i in ROWS:
             stack = LoraLabStack().add(files[i], strength, 0.0, "", True, lora_stack=stack)[0]
         applied = LoraLabApplyStack().apply(patcher, stack, "none", 1.0)["result"][0]
-    ours = _loaded_weights(patcher, applied)
+    ours = core_ref.loaded_weights(patcher, applied)
 
     core_model = patcher
     for strength, i in ROWS:
         core_model, _ = comfy.sd.load_lora_for_models(core_model, None, load_file(str(tmp_path / files[i])),
                                                       strength, 0.0)
-    _close(ours, _loaded_weights(patcher, core_model))
+    _close(ours, core_ref.loaded_weights(patcher, core_model))
 
     # merge (exact) -> save -> load the saved file: the stack's weights, in LoRA Lab and in core
     with use_model_dirs(loras_dir=tmp_path), torch.inference_mode():
@@ -115,10 +95,10 @@ def test_stack_merge_and_inspect_match_core(name, tmp_path):
                                       name="merged")["result"][0]
         LoraLabSave().save(merged, "merged_rt", overwrite=False)
         reloaded = LoraLabLoader().load(patcher, "merged_rt.safetensors", 1.0, 0.0)["result"][0]
-    _close(_loaded_weights(patcher, reloaded), ours)
+    _close(core_ref.loaded_weights(patcher, reloaded), ours)
     core_saved, _ = comfy.sd.load_lora_for_models(patcher, None, load_file(str(tmp_path / "merged_rt.safetensors")),
                                                   1.0, 0.0)
-    _close(_loaded_weights(patcher, core_saved), ours)
+    _close(core_ref.loaded_weights(patcher, core_saved), ours)
 
     # the inspector: every target of the kohya file matches this model
     inspection = inspect_for_host(load_lora(tmp_path / files[0], convert=bridge.convert_lora), patcher)

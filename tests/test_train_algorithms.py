@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from testkit import models
 from testkit.host import import_pack
-from testkit.small_vae import small_vae
 from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
 
 import_pack()
@@ -230,13 +228,6 @@ def test_precision_warning_names_the_layers():
 
 
 # --- in the host -----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def small():
-    with torch.inference_mode():
-        patcher, clip = models.small_sd15()
-        vae = small_vae()
-    return patcher, clip, vae
 
 
 @pytest.fixture

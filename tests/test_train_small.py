@@ -14,9 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from testkit import models
 from testkit.host import import_pack, use_model_dirs
-from testkit.small_vae import small_vae
 from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
 
 import_pack()
@@ -45,13 +43,6 @@ def one_thread():
     with one_torch_thread():
         yield
 
-
-@pytest.fixture(scope="module")
-def small():
-    with torch.inference_mode():
-        patcher, clip = models.small_sd15()
-        vae = small_vae()
-    return patcher, clip, vae
 
 
 CAPTIONS = "zxq style, red, blue\nzxq style, green, grey"
