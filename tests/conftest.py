@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from testkit.host import ComfyServer, import_comfy
@@ -31,15 +33,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import_comfy()
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # One identity for the pack's modules: tests import them as ComfyUI does, ``lora_lab.*`` (import_pack),
-    # never as top-level ``lora_ops``/``train`` from the repository root, or classes and caches exist twice.
+def _second_identities() -> list[str]:
+    """The pack's modules imported under another name than ``lora_lab.*``: as top-level ``lora_ops``/
+    ``train`` from the repository root, or as a package named after the checkout's folder (pytest imports
+    a directory's ``__init__.py`` for its setup; ``--confcutdir=tests`` in pyproject.toml keeps it from
+    doing that to the repository itself, where it also fails when the folder's name is no identifier)."""
     import sys
 
-    twice = sorted(m for m in sys.modules if m.split(".")[0] in ("lora_ops", "train"))
+    checkout = Path(__file__).resolve().parents[1].name
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("lora_ops", "train", checkout))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # One identity for the pack's modules: tests import them as ComfyUI does, ``lora_lab.*`` (import_pack),
+    # or classes and caches exist twice.
+    twice = _second_identities()
     if twice:
         raise pytest.UsageError(f"test modules imported the pack's modules outside lora_lab.*: {twice[:5]}; "
                                 "import them as lora_lab.lora_ops / lora_lab.train after testkit.host.import_pack()")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    twice = _second_identities()
+    if twice and exitstatus == pytest.ExitCode.OK:
+        print(f"\nthe pack's modules were imported outside lora_lab.* during the run: {twice[:5]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
