@@ -11,8 +11,9 @@ from testkit.host import ComfyServer, import_comfy
 
 # Test files whose results depend on the ComfyUI version: the host's import, model management, key maps,
 # caching and routes, the front end it serves, core's own LoRA results compared with ours, and the server
-# end to end. Collected items from them get the `hosts` marker; CI runs the whole suite on ComfyUI 0.3.75
-# and `pytest -m hosts` on 0.8.0 (.ci/run). A test elsewhere can carry @pytest.mark.hosts itself.
+# end to end. Collected items from them get the `hosts` marker: `pytest -m hosts` is the quick check of
+# another ComfyUI version (CI runs the whole suite on 0.3.75 and on 0.8.0, .ci/run). A test elsewhere can
+# carry @pytest.mark.hosts itself.
 HOST_SENSITIVE_FILES = frozenset({
     "test_host.py", "test_bridge.py", "test_loader_errors.py", "test_is_changed.py", "test_output_names.py",
     "test_routes_hardening.py", "test_web_routes.py", "test_web_browser.py", "test_blocks.py", "test_stack.py",
