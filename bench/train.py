@@ -1,6 +1,6 @@
 """Training speed and memory: LoraLabTrain's loop against core ``TrainLoraNode``
 (comfy_extras/nodes_train.py), on the full-size SD1.5 architecture and, one row per family LoraLabTrain
-trains, on the small models of ``testkit`` (:func:`families`: SD1.5, SDXL, Flux, Chroma, Z-Image).
+trains, on the small models of ``testkit`` (:func:`families`: SD1.5, SDXL, Flux, Chroma, Z-Image, Wan T2V).
 
 Same process, same ``ModelPatcher``, same latent size and caption, batch 1, AdamW at the same learning
 rate, rank 8, fp32 compute and fp32 LoRA weights for both (core's defaults are bf16; on a CPU fp32 is the
@@ -128,7 +128,7 @@ def full_size() -> dict[str, Any]:
     return result
 
 
-FAMILIES = ("sd15", "sdxl", "flux", "chroma", "z_image")
+FAMILIES = ("sd15", "sdxl", "flux", "chroma", "z_image", "wan21_t2v")
 """The families LoraLabTrain trains, as small testkit models (SD1.5: ``testkit.models``; the others
 ``testkit.families`` with ``testkit.small_text`` encoders)."""
 FAMILY_RANK = 4  # the small models' layers are 32 to 256 wide
@@ -139,7 +139,7 @@ def family_model(name: str) -> tuple[Any, Any, Any]:
     from testkit import models  # noqa: PLC0415
     from testkit.families import small_family_model  # noqa: PLC0415
     from testkit.small_text import small_family_clip  # noqa: PLC0415
-    from testkit.small_vae import small_taesd, small_vae  # noqa: PLC0415
+    from testkit.small_vae import small_taesd, small_vae, small_wan_vae  # noqa: PLC0415
 
     # Built outside inference mode: core's TrainLoraNode 0.3.75 fails on DiTs whose weights are inference
     # tensors ("Inference tensors cannot be saved for backward", from Flux's RMSNorm scales), which LoRA Lab's
@@ -148,7 +148,7 @@ def family_model(name: str) -> tuple[Any, Any, Any]:
         if name == "sd15":
             patcher, clip = models.small_sd15()
             return patcher, clip, small_vae()
-        vae = small_vae() if name == "sdxl" else small_taesd(16)
+        vae = {"sdxl": small_vae, "wan21_t2v": small_wan_vae}.get(name, lambda: small_taesd(16))()
         return small_family_model(name), small_family_clip(name), vae
 
 

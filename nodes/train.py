@@ -41,7 +41,7 @@ from .planning import apply_lora, model_family_of, resolve_block_weights
 log = logging.getLogger(__name__)
 
 TRAINABLE_MODELS = {"SD15": "SD1.x", "SDXL": "SDXL", "Flux": "Flux", "FluxSchnell": "Flux schnell",
-                    "Chroma": "Chroma", "ZImage": "Z-Image"}
+                    "Chroma": "Chroma", "ZImage": "Z-Image", "WAN21_T2V": "Wan T2V"}
 """ComfyUI config classes LoraLabTrain trains (each tested on a small model of its kind) -> their names."""
 NO_RESUME = "none"
 
@@ -304,11 +304,11 @@ def with_advanced(inputs: dict) -> dict:
 class LoraLabTrain:
     """Train a LoRA / LoCon / LoHa / LoKr (optionally DoRA) on the connected model from images and captions."""
 
-    DESCRIPTION = ("Trains a LoRA, LoCon, LoHa or LoKr (optionally DoRA) on the connected SD1.x, SDXL, Flux, Chroma or "
-                   "Z-Image model (and optionally its text encoders) from images and captions: loss on the model's "
-                   "own prediction, LR schedule with warm-up, seeded, fp32 master weights, previews with ComfyUI's "
-                   "sampler, kohya-format file with metadata in the loras folder, resumable after cancel, and a "
-                   "parity check of the saved file against the previews.")
+    DESCRIPTION = ("Trains a LoRA, LoCon, LoHa or LoKr (optionally DoRA) on the connected SD1.x, SDXL, Flux, Chroma, "
+                   "Z-Image or Wan T2V model (and optionally its text encoders) from images and captions: loss on "
+                   "the model's own prediction, LR schedule with warm-up, seeded, fp32 master weights, previews "
+                   "with ComfyUI's sampler, kohya-format file with metadata in the loras folder, resumable after "
+                   "cancel, and a parity check of the saved file against the previews.")
     CATEGORY = "LoRA Lab"
     FUNCTION = "train"
     RETURN_TYPES = ("MODEL", "LORA", "IMAGE", "STRING", "IMAGE", "STRING")

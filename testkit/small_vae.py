@@ -1,7 +1,13 @@
-"""A reduced-width SD-layout VAE for fast in-process tests: ComfyUI's own ``AutoencoderKL`` (4 latent
-channels, 8x down/upscaling like SD1.x's VAE) at channel width 32 with one ResBlock per level, seeded
-random weights (``testkit.models.seeded_tensor``), wrapped in ComfyUI's ``comfy.sd.VAE`` through its
-``config`` argument. The images it makes are textures, as with every model in the testkit.
+"""Reduced-width VAEs for fast in-process tests, from ComfyUI's own classes with seeded random weights
+(``testkit.models.seeded_tensor``), wrapped in ComfyUI's ``comfy.sd.VAE``:
+
+- :func:`small_vae`: the SD-layout ``AutoencoderKL`` (4 latent channels, 8x down/upscaling like SD1.x's
+  VAE) at channel width 32 with one ResBlock per level, through ``comfy.sd.VAE``'s ``config`` argument;
+- :func:`small_taesd`: ComfyUI's tiny autoencoder with 4 or 16 latent channels (image latents);
+- :func:`small_wan_vae`: Wan 2.1's video VAE (16 channels, 8x spatial and 4x temporal, 5-D latents) at
+  width 8, which ComfyUI detects from its keys as it detects the real file.
+
+The images they make are textures, as with every model in the testkit.
 """
 
 from __future__ import annotations
@@ -51,4 +57,23 @@ def small_taesd(latent_channels: int = 16, dtype: torch.dtype = torch.float32) -
               and v[0] == 3)
     sd[rgb] = sd[rgb] * 0.05
     sd[rgb[: -len("weight")] + "bias"] = torch.full((3,), 0.5)
+    return comfy.sd.VAE(sd=sd, device=torch.device("cpu"), dtype=dtype)
+
+
+SEED_SMALL_WAN_VAE = 1521
+WAN_VAE_WIDTH = 8  # the real Wan 2.1 VAE is 96 wide; ComfyUI reads the width from ``decoder.head.0.gamma``
+
+
+def small_wan_vae(dtype: torch.dtype = torch.float32) -> Any:
+    """A fresh ``comfy.sd.VAE`` wrapping ComfyUI's Wan 2.1 video autoencoder (``comfy.ldm.wan.vae.WanVAE``,
+    the architecture Wan 2.1 and Wan 2.2 14B models use) at width :data:`WAN_VAE_WIDTH`: an image encodes to
+    a one-frame latent ``(1, 16, 1, H/8, W/8)`` and decodes to ``(1, 1, H, W, 3)``."""
+    comfy = import_comfy()
+    from comfy.ldm.wan.vae import WanVAE  # noqa: PLC0415
+
+    # ComfyUI's own Wan 2.1 configuration (comfy.sd.VAE builds the same one from the state dict's keys).
+    shapes = meta_shapes(lambda: WanVAE(
+        dim=WAN_VAE_WIDTH, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+        temperal_downsample=[False, True, True], dropout=0.0))
+    sd = seeded_state_dict(shapes, SEED_SMALL_WAN_VAE)
     return comfy.sd.VAE(sd=sd, device=torch.device("cpu"), dtype=dtype)

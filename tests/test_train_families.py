@@ -1,9 +1,10 @@
 """LoraLabTrain on small models of every family it trains besides SD1.x, in the real host, through the models'
 own forward and ComfyUI's sampler: SDXL (CLIP-L + CLIP-G, pooled text and size/crop conditioning), Flux
-(CLIP-L + T5, guidance input, 16-channel latents), Chroma (T5, 16-channel latents) and Z-Image (Qwen3).
+(CLIP-L + T5, guidance input, 16-channel latents), Chroma (T5, 16-channel latents), Z-Image (Qwen3) and Wan
+T2V (UMT5, a video model trained on images as one-frame videos through Wan's own 3-D VAE: 5-D latents).
 
 Models from :mod:`testkit.families`, text encoders from :mod:`testkit.small_text` (ComfyUI's own classes,
-reduced configs), VAEs from :mod:`testkit.small_vae`. Each run is a few steps at 64x64 on one thread,
+reduced configs), VAEs from :mod:`testkit.small_vae` (Wan's the video VAE, the others image VAEs). Each run is a few steps at 64x64 on one thread,
 seeded: the same settings give the same adapter bit for bit.
 """
 
@@ -16,7 +17,7 @@ from safetensors import safe_open
 from testkit.families import small_family_model
 from testkit.host import import_pack
 from testkit.small_text import small_family_clip
-from testkit.small_vae import small_taesd, small_vae
+from testkit.small_vae import small_taesd, small_vae, small_wan_vae
 from testkit.train_workflows import loras_folder, one_torch_thread, pattern_images
 
 import_pack()
@@ -44,10 +45,11 @@ FAMILIES = {
     "chroma": ("", ("lora_unet_double_blocks_", "lora_unet_single_blocks_"), "Chroma/lora"),
     "z_image": ("qwen3_4b", ("lora_unet_layers_", "lora_unet_noise_refiner_", "text_encoders.qwen3_4b."),
                 "ZImage/lora"),
+    "wan21_t2v": ("umt5xxl", ("lora_unet_blocks_", "text_encoders.umt5xxl."), "WAN21_T2V/lora"),
 }
 # family -> (target_blocks in the family's block syntax, the only layers it may select)
 BLOCKS = {"sdxl": ("OUT*=1, *=0", "output_blocks."), "flux": ("S*=1, *=0", "single_blocks."),
-          "chroma": ("D01=1, *=0", "double_blocks.1."), "z_image": ("NR00=1, *=0", "noise_refiner.0.")}
+          "chroma": ("D01=1, *=0", "double_blocks.1."), "z_image": ("NR00=1, *=0", "noise_refiner.0."), "wan21_t2v": ("B01=1, *=0", "blocks.1.")}
 
 # The host decides how these models run (0.8.0 runs rotary embeddings through kernels without a backward
 # pass, which training swaps): CI runs this file on every ComfyUI version it tests.
@@ -66,7 +68,7 @@ def family(name: str):
     """``(model, clip, vae)`` of the small ``name`` family, built once per session."""
     if name not in _BUILT:
         with torch.inference_mode():
-            vae = small_vae() if name == "sdxl" else small_taesd(16)
+            vae = {"sdxl": small_vae, "wan21_t2v": small_wan_vae}.get(name, lambda: small_taesd(16))()
             _BUILT[name] = (small_family_model(name), small_family_clip(name), vae)
     return _BUILT[name]
 
@@ -130,6 +132,37 @@ def test_family_trains_and_the_saved_file_reproduces_the_preview(name, loras):
     a, b = master(result.saved.path), master(again.saved.path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert again.losses == result.losses
+
+
+KIND_CASES = {
+    "locon": dict(algorithm="locon", targets="all linear and conv", rank_dropout=0.25),
+    "loha": dict(algorithm="loha", dropout=0.1, rank_dropout=0.25, module_dropout=0.1),
+    "lokr": dict(algorithm="lokr", rank_dropout=0.25, module_dropout=0.1, save_precision="fp16"),
+    "dora+rank_dropout": dict(algorithm="lora", dora=True, rank_dropout=0.5, dropout=0.1, save_precision="fp16"),
+}
+
+
+@pytest.mark.parametrize("case", list(KIND_CASES))
+@pytest.mark.parametrize("name", ["flux", "wan21_t2v"])
+def test_every_kind_trains_on_a_dit_and_the_saved_file_reproduces_the_preview(name, case, loras):
+    """LoCon, LoHa, LoKr and DoRA with the dropouts on a DiT and on a video model, saved in fp32 and fp16: the
+    file through LoraLabLoader renders the last preview within a level (through core too, except DoRA, whose
+    norm core takes of the weight without the LoRA)."""
+    kw = KIND_CASES[case]
+    _, result = run(name, settings(output_name=f"{name}_{case.replace('+', '_')}", **kw))
+    want = torch.float16 if kw.get("save_precision") == "fp16" else torch.float32
+    with safe_open(str(result.saved.path), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if not k.endswith(".alpha")} == {want}
+    live = result.final_preview
+    assert image_difference(result.parity["lora_lab"], live).max_levels <= PARITY_LEVELS
+    if not kw.get("dora"):
+        assert image_difference(result.parity["core"], live).max_levels <= PARITY_LEVELS
+    assert result.parity["core_keys"] == len(result.targets)
+    model, clip, vae = family(name)
+    own = train_host.render(model, vae, sampling.encode_prompt(clip, "zxq style"),
+                            sampling.encode_prompt(clip, ""), seed=2, steps=2,
+                            latent_shape=train_host.latent_shape(model, vae, 64, 64))
+    assert image_difference(own, live).max_levels > CHANGED_LEVELS
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))

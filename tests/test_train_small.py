@@ -347,8 +347,8 @@ def test_other_families_are_refused(loras):
 
     with torch.inference_mode():
         patcher = small_family_model("sd2")
-    with pytest.raises(LoraLabError, match=r"trains SD1.x, SDXL, Flux, Flux schnell, Chroma, Z-Image models; this "
-                                           r"model is SD2.x"):
+    with pytest.raises(LoraLabError, match=r"trains SD1.x, SDXL, Flux, Flux schnell, Chroma, Z-Image, Wan T2V models; "
+                                           r"this model is SD2.x"):
         prepare(patcher, settings(), images=pattern_images(), captions=CAPTIONS)
     assert list(loras.iterdir()) == []
 
