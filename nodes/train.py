@@ -393,7 +393,8 @@ class LoraLabTrain:
                 "module_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                                              "Skips a layer's adapter for a whole step with this probability."}),
                 "text_encoders": ("STRING", {"default": "", "tooltip": "Text encoders to train as well, by name "
-                                             "(clip_l, clip_g, t5xxl, qwen3_4b...); empty: the diffusion model only."}),
+                                             "(clip_l, clip_g, t5xxl, qwen3_4b, umt5xxl...); empty: the diffusion "
+                                             "model only."}),
                 "text_encoder_lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "tooltip":
                                               "Learning rate of the text encoders' adapters (0: learning_rate)."}),
                 "max_grad_norm": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip":
