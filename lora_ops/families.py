@@ -21,7 +21,7 @@ metadata and the model is reported as a warning: LoRAs made for one model are us
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .formats import ParsedLora
@@ -35,6 +35,12 @@ FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl-refiner":
                  "sd3": "SD3"}
 
 _CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+# DiT block layouts, in model weight names and LoRA layer names alike (diffusers' Flux names included).
+FLUX_TYPE_LAYOUT = re.compile(r"double_blocks|single_blocks|single_transformer_blocks")
+SD3_TYPE_LAYOUT = re.compile(r"joint_blocks")
+_UNET_INPUT_BLOCK = re.compile(r"^(?:model\.)?(?:diffusion_model\.)?input_blocks\.(\d+)\.")
+_UNET_INPUT_BLOCKS = {9: "sdxl", 12: "sd1"}  # an LDM UNet's input blocks: SDXL has 3 levels, SD1.x/SD2.x 4
 
 # modelspec.architecture / ss_base_model_version values -> family key (the metadata's claim, for reports)
 _METADATA_HINTS = (
@@ -121,9 +127,9 @@ def detect_family(parsed: ParsedLora, metadata: dict[str, str] | None = None) ->
         rx = re.compile(pattern)
         return any(rx.search(n) for n in names)
 
-    if has(r"double_blocks|single_blocks|single_transformer_blocks"):
+    if any(FLUX_TYPE_LAYOUT.search(n) for n in names):
         evidence = ["a Flux-type layout (double and single transformer blocks)"]
-    elif has(r"joint_blocks"):
+    elif any(SD3_TYPE_LAYOUT.search(n) for n in names):
         evidence = ["an SD3-type layout (joint transformer blocks)"]
     else:
         if has(r"^lora_te2_text_model_"):
@@ -148,6 +154,29 @@ def detect_family(parsed: ParsedLora, metadata: dict[str, str] | None = None) ->
                 break
     meta_family, meta_value = family_from_metadata(metadata or {})
     return FamilyGuess(family=family, evidence=evidence, metadata_family=meta_family, metadata_value=meta_value)
+
+
+def family_from_model_keys(shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """The dialect family of a model file from its weight names and shapes, for files the host's own
+    detection does not match (reduced-width or unusual variants): a Flux-type layout is ``flux``, an
+    SD3-type one ``sd3``; an LDM UNet is told by its input-block count (9: SDXL; 12: SD1.x, or SD2.x with
+    1024-wide cross-attention). ``None`` for anything else."""
+    if any(FLUX_TYPE_LAYOUT.search(k) for k in shapes):
+        return "flux"
+    if any(SD3_TYPE_LAYOUT.search(k) for k in shapes):
+        return "sd3"
+    inputs: set[int] = set()
+    context = None
+    for key, shape in shapes.items():
+        m = _UNET_INPUT_BLOCK.match(key)
+        if m:
+            inputs.add(int(m.group(1)))
+            if context is None and key.endswith("attn2.to_k.weight") and len(shape) == 2:
+                context = int(shape[1])
+    family = _UNET_INPUT_BLOCKS.get(max(inputs) + 1) if inputs else None
+    if family == "sd1" and _CONTEXT_WIDTH.get(context) == "sd2":
+        return "sd2"
+    return family
 
 
 def same_family(lora_family: str | None, model_family: str | None) -> bool:

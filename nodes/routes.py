@@ -47,7 +47,7 @@ from ..lora_ops.blocks import (
     parse_block_weights,
 )
 from ..lora_ops.errors import LoraLabError
-from ..lora_ops.families import family_key
+from ..lora_ops.families import family_from_model_keys, family_key
 from ..lora_ops.safeio import read_safetensors_header as read_safetensors_header_checked
 from .lora_files import user_presets_path
 
@@ -171,35 +171,6 @@ def _comfy_detection(shapes: dict[str, SimpleNamespace], kind: str) -> str | Non
     return family_key([c.__name__ for c in type(config).__mro__ if c.__name__ not in ("BASE", "object")])
 
 
-_UNET_PREFIX_RX = re.compile(r"^(?:model\.)?(?:diffusion_model\.)?")
-
-
-def family_from_keys(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """LoRA Lab's rule for files ComfyUI's detection does not match (e.g. reduced-width test models):
-    Flux double blocks, SD3 joint blocks, or an LDM UNet by its input-block count (9: SDXL; 12: SD1.x,
-    or SD2.x with 1024-wide cross-attention)."""
-    inputs: set[int] = set()
-    context = None
-    for key, shape in shapes.items():
-        path = _UNET_PREFIX_RX.sub("", key, count=1)
-        if path.startswith("double_blocks."):
-            return "flux"
-        if path.startswith("joint_blocks."):
-            return "sd3"
-        m = re.match(r"^input_blocks\.(\d+)\.", path)
-        if m:
-            inputs.add(int(m.group(1)))
-            if context is None and path.endswith("attn2.to_k.weight") and len(shape) == 2:
-                context = shape[1]
-    if not inputs:
-        return None
-    if max(inputs) == 8:
-        return "sdxl"
-    if max(inputs) == 11:
-        return "sd2" if context == 1024 else "sd1"
-    return None
-
-
 def model_file_family(path: str | os.PathLike, kind: str = "checkpoints") -> dict:
     """``{"family", "label", "evidence"}`` of a model file; ``family`` None with a ``reason`` if unknown.
 
@@ -228,7 +199,7 @@ def model_file_family(path: str | os.PathLike, kind: str = "checkpoints") -> dic
         family = None
     if family is None:
         try:
-            family = family_from_keys(shapes)
+            family = family_from_model_keys(shapes)
         except Exception as exc:  # noqa: BLE001 - a route answers with a reason, never a 500
             log.warning("LoRA Lab: key rules failed on the header of %s: %r", name, exc)
             family = None

@@ -855,3 +855,23 @@ def test_family_labels_and_block_maps_are_one_fact():
     assert families.family_label("sdxl-refiner") == "SDXL refiner"
     assert blocks.normalize_family("sdxl-refiner") == "general"
     assert families.family_key(["SDXLRefiner"]) == "sdxl-refiner"
+
+
+def test_family_from_model_keys_reads_layouts_and_the_cross_attention_width():
+    """The rule the page's model-file route falls back on when ComfyUI's detection does not match a file:
+    the same layout facts the LoRA guess uses (one module), on model weight names and shapes."""
+    from lora_lab.lora_ops.families import family_from_model_keys
+
+    def unet(levels: int, context: int) -> dict[str, tuple[int, ...]]:
+        keys = {f"model.diffusion_model.input_blocks.{i}.0.in_layers.0.weight": (8,) for i in range(levels)}
+        keys["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] = (8, context)
+        return keys
+
+    assert family_from_model_keys(unet(12, 768)) == "sd1"
+    assert family_from_model_keys(unet(12, 1024)) == "sd2"
+    assert family_from_model_keys(unet(9, 2048)) == "sdxl"
+    assert family_from_model_keys(unet(10, 768)) is None
+    assert family_from_model_keys({"double_blocks.0.img_attn.qkv.weight": (9, 3)}) == "flux"
+    assert family_from_model_keys({"transformer.single_transformer_blocks.0.proj_out.weight": (3, 3)}) == "flux"
+    assert family_from_model_keys({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (9, 3)}) == "sd3"
+    assert family_from_model_keys({"decoder.conv_in.weight": (1,)}) is None
