@@ -31,12 +31,17 @@ DEMO_HOST = REPO_ROOT / ".cache" / "demo-host"
 SAMPLING = Sampling(width=128, height=128, steps=4)
 
 
+def shown(path: Path) -> Path:
+    """``path`` as printed: relative to the repository when it lies inside it."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def run_workflow(server: ComfyServer, prompt: dict, name: str, timeout: float = 900) -> tuple[list[Path], dict]:
     """Run an API-format prompt and copy its saved images to demo-output/<name>_NN.png."""
     history = server.run_prompt(prompt, timeout=timeout)
     copied = copy_outputs(server.output_files(history), DEMO_OUTPUT, name)
     for path in copied:
-        print(f"  {path.relative_to(REPO_ROOT)}")
+        print(f"  {shown(path)}")
     return copied, history
 
 
@@ -115,18 +120,20 @@ def family_demo() -> bool:
     import shutil
     import tempfile
 
-    import comfy.model_management as mm
-    import comfy.sample
-    import comfy.sd
     import torch
     from safetensors.torch import load_file
 
+    from testkit.host import import_comfy, import_pack, use_model_dirs
+
+    import_comfy()  # the host on sys.path in this process (the earlier steps ran in the server's)
+    import_pack()
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.sd
+
     from testkit import core_ref, family_loras
     from testkit.families import family_conditioning, small_family_model
-    from testkit.host import import_pack, use_model_dirs
     from testkit.small_vae import small_taesd
-
-    import_pack()
     from lora_lab.nodes.loader import LoraLabLoader
     from lora_lab.nodes.merge import LoraLabMerge, LoraLabSave
     from lora_lab.nodes.stack import LoraLabApplyStack, LoraLabStack
@@ -202,7 +209,7 @@ def family_demo() -> bool:
               f"mode {json.loads(sweep['result'][3])['mode']}")
     strip = labelled_strip(cells, "LoRA Lab on a small Flux (random weights): loader, core, stack, merged file",
                            DEMO_OUTPUT / "flux_strip.png")
-    print(f"   {strip.relative_to(REPO_ROOT)}")
+    print(f"   {shown(strip)}")
     shutil.rmtree(work, ignore_errors=True)
     return ok
 
@@ -258,7 +265,7 @@ def main() -> int:
 
     strip = labelled_strip(cells, f"LoRA Lab loader, seed {SAMPLING.seed}, synthetic SD1.5 (random weights)",
                            DEMO_OUTPUT / "loader_strip.png")
-    print(f"summary picture: {strip.relative_to(REPO_ROOT)}")
+    print(f"summary picture: {shown(strip)}")
     flux_ok = family_demo()
     print(f"({time.monotonic() - t0:.0f} s in all)")
     return 0 if same and diff <= 2 and swept and flux_ok else 1
