@@ -7,7 +7,7 @@ class, which caches the file between cells as it does in a graph) on model and C
 ``CLIPTextEncode``, ``KSampler`` (``nodes.common_ksampler``) and ``VAEDecode``; plus one plain image.
 LoRA Lab: one ``LoraLabSweep`` call (reference + one batch of 10). Wall time per sweep, best of
 ``repeats``; the largest pixel difference between the two sets of images is reported next to it. Also
-timed: one plain image at the same settings (the issue's yardstick: a sweep in at most 3x its time
+timed: one plain image at the same settings (LoRA Lab's yardstick: a sweep in at most 3x its time
 on a GPU), and both sweeps as multiples of it.
 """
 
@@ -88,7 +88,7 @@ def run(checkpoint, lora_path, *, repeats: int = 1, settings: dict | None = None
                 (lab_imgs, report), t = _timed(lambda: _lab_sweep(model, clip, vae, lora_path.name, weights,
                                                                   s["size"], s["steps"]), device)
                 lab_t.append(t)
-                # the issue's yardstick: one plain image at the same settings, no LoRA, timed warm (after
+                # the yardstick: one plain image at the same settings, no LoRA, timed warm (after
                 # the sweeps, so that no first-run cost of the model or the sampler falls on it)
                 _, t = _timed(lambda: _core_image(model, clip, vae, s["size"], s["steps"]), device)
                 one_t.append(t)
